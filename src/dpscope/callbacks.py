@@ -22,9 +22,12 @@ class StepReport:
     batch_size: int  # examples in the logical batch (varies under Poisson sampling)
     loss: float  # mean per-example loss of the batch (nan for an empty batch)
     per_example_norms: torch.Tensor | None = None  # (B,) gradient norms before clipping
-    per_layer_sq_norms: dict[str, torch.Tensor] | None = None  # name -> (B,) squared norms
+    # parameter name -> (B,) squared per-example gradient norms of that parameter
+    per_param_sq_norms: dict[str, torch.Tensor] | None = None
+    # parameter name -> L2 norm of the clipped gradient sum of that parameter, before noise
+    clipped_sum_norms: dict[str, float] | None = None
     max_grad_norm: float | None = None
-    noise_std: float | None = None  # std of the Gaussian noise added to the summed gradient
+    noise_std: float | None = None  # std of the Gaussian noise added to each summed coordinate
     extra: dict[str, Any] = field(default_factory=dict)
 
 
