@@ -1,0 +1,3 @@
+from dpscope.cli import app
+
+app(prog_name="dpscope")

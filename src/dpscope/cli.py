@@ -1,0 +1,110 @@
+"""The `dpscope` command: thin subcommands over the library.
+
+User errors (a `DpscopeError`) print one line and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dpscope.console import RichReporter, err_console
+from dpscope.errors import DpscopeError
+
+app = typer.Typer(
+    help="Train image classifiers with differential privacy, fast, and see what privacy does.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Speed and memory benchmarks.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def user_errors_exit_2(command):
+    """Turn a DpscopeError into one red line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except DpscopeError as error:
+            err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/yellow]: completed epochs are saved; "
+                              "continue with --resume")
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+def _given(**options) -> dict:
+    return {k: v for k, v in options.items() if v is not None and v is not False}
+
+
+@app.command()
+@user_errors_exit_2
+def train(
+    dataset: Annotated[Optional[str], typer.Option(help="digits, pneumoniamnist, any MedMNIST name or .npz path, imagefolder, mnist/fashionmnist/cifar10 (torchvision)")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="where to look for data files first")] = None,
+    model: Annotated[Optional[str], typer.Option(help="mlp, cnn, resnet20, resnet18, wrn16_4, vit_tiny")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="passes over the training set")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "--logical-batch-size", help="examples per step (the expected size under Poisson sampling)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="sgd, adam or adamw")] = None,
+    momentum: Annotated[Optional[float], typer.Option(help="SGD momentum")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="L2 weight decay")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed for data split, init, sampling and noise")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: all cores)")] = None,
+    epsilon: Annotated[Optional[float], typer.Option(help="train privately to this epsilon (noise calibrated)")] = None,
+    delta: Annotated[Optional[float], typer.Option(help="privacy delta (default min(1e-5, 1/(10 N)))")] = None,
+    noise_multiplier: Annotated[Optional[float], typer.Option(help="train privately with this noise multiplier instead of a target epsilon")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="per-example clipping bound C")] = None,
+    clipping: Annotated[Optional[str], typer.Option(help="per-example strategy: auto, bookkeeping, ghost, materialize, crb, vmap, naive")] = None,
+    accountant: Annotated[Optional[str], typer.Option(help="pld or rdp")] = None,
+    physical_batch_size: Annotated[Optional[int], typer.Option(help="largest chunk computed at once (virtual batches)")] = None,
+    secure_rng: Annotated[bool, typer.Option("--secure-rng", help="draw noise from the OS's randomness (slower, not reproducible)")] = False,
+    clip_per_layer: Annotated[bool, typer.Option("--clip-per-layer", help="a clipping bound per layer, total sensitivity still C")] = False,
+    auto_clip: Annotated[bool, typer.Option("--auto-clip", help="normalise per-example gradients instead of clipping (Bu et al. 2023)")] = False,
+    track_dynamics: Annotated[bool, typer.Option("--track-dynamics", help="record layer-wise relative weight change")] = False,
+    perturb: Annotated[Optional[str], typer.Option(help="perturb training images first, e.g. laplace:eps=1")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<dataset>-<model>-<privacy>-seed<seed>-<time>)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
+) -> None:
+    """Train one model; with --epsilon or --noise-multiplier, privately (DP-SGD)."""
+    from dpscope.config import make_run_config
+    from dpscope.errors import ConfigError
+    from dpscope.train import SilentReporter
+    from dpscope.train import resume as resume_training
+    from dpscope.train import train as run_training
+
+    options = _given(
+        dataset=dataset, data_dir=data_dir, model=model, epochs=epochs, batch_size=batch_size,
+        lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, seed=seed,
+        threads=threads, epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm, clipping=clipping, accountant=accountant,
+        physical_batch_size=physical_batch_size, secure_rng=secure_rng,
+        clip_per_layer=clip_per_layer, auto_clip=auto_clip, track_dynamics=track_dynamics,
+        perturb=perturb,
+    )
+    reporter = SilentReporter() if quiet else RichReporter()
+    if resume:
+        if out is None:
+            raise ConfigError("--resume needs --out naming the run folder to continue")
+        if options:
+            raise ConfigError(
+                "--resume continues the run as it was configured; drop these options: "
+                + ", ".join("--" + k.replace("_", "-") for k in options)
+            )
+        resume_training(out, reporter=reporter)
+    else:
+        run_training(make_run_config(**options), run_dir=out, reporter=reporter)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

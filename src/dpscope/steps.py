@@ -1,0 +1,89 @@
+"""The replaceable pieces of one optimisation step: batches, gradient, optimiser update.
+
+The training loop only ever calls these interfaces; private training swaps in a Poisson
+sampler, the per-example clipping engine and the noising optimiser, non-private training
+uses the plain ones below. There is no second loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from dpscope.config import RunConfig
+from dpscope.errors import ConfigError
+
+
+def per_example_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss of every run: (B,) per-example cross entropy."""
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+class BatchSampler(Protocol):
+    def epoch_batches(self) -> Iterator[torch.Tensor]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class GradientResult:
+    loss_sum: float  # sum of per-example losses over the logical batch
+    batch_size: int
+    per_example_norms: torch.Tensor | None = None
+    per_param_sq_norms: dict[str, torch.Tensor] | None = None
+
+
+class GradientStep(Protocol):
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> GradientResult: ...
+
+
+class ShuffledBatches:
+    """Fixed-size batches of a fresh random permutation each epoch (non-private training)."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int) -> None:
+        self.num_examples = num_examples
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-self.num_examples // self.batch_size)
+
+    def epoch_batches(self) -> Iterator[torch.Tensor]:
+        order = torch.randperm(self.num_examples, generator=self.generator)
+        yield from order.split(self.batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class MeanGradient:
+    """Non-private: the batch-mean gradient by one ordinary backward pass."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> GradientResult:
+        self.model.zero_grad(set_to_none=True)
+        if len(targets) == 0:
+            return GradientResult(loss_sum=0.0, batch_size=0)
+        losses = per_example_cross_entropy(self.model(inputs), targets)
+        losses.mean().backward()
+        return GradientResult(loss_sum=float(losses.detach().sum()), batch_size=len(targets))
+
+
+def build_torch_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose sgd, adam or adamw")

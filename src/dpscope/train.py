@@ -1,0 +1,281 @@
+"""The one training loop, for private and non-private runs alike.
+
+    summary = train(RunConfig(dataset="digits", model="cnn"), run_dir=Path("runs/demo"))
+
+Privacy is a property of the pieces the loop is given (sampler, gradient step, optimiser),
+built by `build_training_parts`; the loop itself reads top to bottom and never branches on it.
+Every epoch ends with a metrics line and a checkpoint; `resume(run_dir)` continues from the last
+checkpoint with the same sampler position, optimiser state, random state and privacy ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from dpscope.callbacks import Callback, LoopState, StepReport
+from dpscope.config import RunConfig
+from dpscope.data import Dataset, load_dataset
+from dpscope.metrics import classification_metrics, predict
+from dpscope.models import build_model
+from dpscope.run_folder import RunFolder, default_run_dir
+from dpscope.steps import (
+    BatchSampler,
+    GradientStep,
+    MeanGradient,
+    ShuffledBatches,
+    build_torch_optimizer,
+)
+
+
+class Reporter(Protocol):
+    """Progress output; the CLI gives a rich one, library calls default to silence."""
+
+    def start(self, config: RunConfig, run_dir: Path, description: str) -> None: ...
+    def epoch_start(self, epoch: int, epochs: int, steps: int | None) -> None: ...
+    def step_done(self) -> None: ...
+    def epoch_end(self, record: dict[str, Any]) -> None: ...
+    def finish(self, summary: dict[str, Any]) -> None: ...
+
+
+class SilentReporter:
+    def start(self, config, run_dir, description): pass
+    def epoch_start(self, epoch, epochs, steps): pass
+    def step_done(self): pass
+    def epoch_end(self, record): pass
+    def finish(self, summary): pass
+
+
+@dataclass
+class TrainingParts:
+    """What makes a run private or not. `privacy` is None for non-private runs."""
+
+    sampler: BatchSampler
+    gradient_step: GradientStep
+    optimizer: torch.optim.Optimizer
+    privacy: Any = None  # dpscope.private.PrivateTraining
+    callbacks: list[Callback] = field(default_factory=list)
+
+
+def build_training_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Module) -> TrainingParts:
+    if config.private:
+        from dpscope.private import build_private_parts
+
+        return build_private_parts(config, dataset, model)
+    return TrainingParts(
+        sampler=ShuffledBatches(len(dataset.train), config.batch_size, seed=config.seed),
+        gradient_step=MeanGradient(model),
+        optimizer=build_torch_optimizer(config, model.parameters()),
+    )
+
+
+def train(
+    config: RunConfig,
+    *,
+    run_dir: Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Train a new run into `run_dir` and return its summary (also written to summary.json)."""
+    folder = RunFolder(Path(run_dir) if run_dir else default_run_dir(config))
+    folder.check_new()
+    return _run(config, folder, False, callbacks, reporter or SilentReporter())
+
+
+def resume(
+    run_dir: Path, *, callbacks: Sequence[Callback] = (), reporter: Reporter | None = None
+) -> dict[str, Any]:
+    """Continue the run in `run_dir` from its last checkpoint, exactly as configured."""
+    folder = RunFolder(Path(run_dir))
+    config = folder.read_config()
+    reporter = reporter or SilentReporter()
+    if folder.is_finished():
+        summary = json.loads(folder.summary_path.read_text())
+        reporter.finish(summary)
+        return summary
+    return _run(config, folder, folder.has_checkpoint(), callbacks, reporter)
+
+
+def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
+         callbacks: Sequence[Callback], reporter: Reporter) -> dict[str, Any]:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+    dataset = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    model = build_model(config.model, in_channels=dataset.in_channels,
+                        image_size=dataset.image_size, num_classes=dataset.num_classes)
+    parts = build_training_parts(config, dataset, model)
+    all_callbacks = [*parts.callbacks, *_builtin_callbacks(config), *callbacks]
+    state = LoopState(model=model, optimizer=parts.optimizer, run_dir=folder.path, config=config)
+    seconds_before = 0.0
+    if from_checkpoint:
+        seconds_before = _restore(folder, state, parts, all_callbacks)
+        folder.keep_metrics_before(state.epoch)
+    else:
+        folder.write_config(config)
+
+    reporter.start(config, folder.path, _describe(config, dataset, parts))
+    for callback in all_callbacks:
+        callback.on_train_start(state)
+    started = time.perf_counter()
+    stopped_early = None
+    while state.epoch < config.epochs and stopped_early is None:
+        record = _train_one_epoch(state, parts, dataset, all_callbacks, reporter)
+        record.update(_prefixed("val", _evaluate(model, dataset, dataset.val)))
+        if parts.privacy is not None:
+            record.update(parts.privacy.epoch_record())
+            stopped_early = parts.privacy.exhausted_reason()
+        record["seconds"] = seconds_before + time.perf_counter() - started
+        for callback in all_callbacks:
+            callback.on_epoch_end(state, record)
+        folder.append_metrics(record)
+        _checkpoint(folder, state, parts, all_callbacks, record["seconds"])
+        reporter.epoch_end(record)
+
+    summary = _summary(config, dataset, model, parts, state,
+                       seconds_before + time.perf_counter() - started, stopped_early)
+    for callback in all_callbacks:
+        callback.on_train_end(state, summary)
+    folder.write_summary(summary)
+    reporter.finish(summary)
+    return summary
+
+
+def _train_one_epoch(state: LoopState, parts: TrainingParts, dataset: Dataset,
+                     callbacks: Sequence[Callback], reporter: Reporter) -> dict[str, Any]:
+    model, epoch = state.model, state.epoch
+    model.train()
+    loss_sum, seen, steps = 0.0, 0, 0
+    reporter.epoch_start(epoch, state.config.epochs, _len_or_none(parts.sampler))
+    for indices in parts.sampler.epoch_batches():
+        if parts.privacy is not None and not parts.privacy.can_step():
+            break
+        inputs, targets = dataset.batch(dataset.train, indices)
+        result = parts.gradient_step(inputs, targets)
+        parts.optimizer.step()
+        state.step += 1
+        steps += 1
+        loss_sum += result.loss_sum
+        seen += result.batch_size
+        report = StepReport(
+            step=state.step, epoch=epoch, batch_size=result.batch_size,
+            loss=result.loss_sum / result.batch_size if result.batch_size else math.nan,
+            per_example_norms=result.per_example_norms,
+            per_param_sq_norms=result.per_param_sq_norms,
+        )
+        if parts.privacy is not None:
+            parts.privacy.fill_report(report)
+        for callback in callbacks:
+            callback.on_step_end(state, report)
+        reporter.step_done()
+    state.epoch += 1
+    return {"epoch": epoch, "steps": steps, "train_loss": loss_sum / seen if seen else math.nan,
+            "train_examples": seen}
+
+
+def _evaluate(model: torch.nn.Module, dataset: Dataset, split) -> dict[str, Any]:
+    images = dataset.normalize(split.images)
+    return classification_metrics(predict(model, images), split.labels, dataset.num_classes)
+
+
+def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}_{k}": v for k, v in metrics.items()}
+
+
+def _len_or_none(sampler) -> int | None:
+    try:
+        return len(sampler)
+    except TypeError:
+        return None
+
+
+def _builtin_callbacks(config: RunConfig) -> list[Callback]:
+    callbacks: list[Callback] = []
+    if config.track_dynamics:
+        from dpscope.dynamics import WeightChangeTracker
+
+        callbacks.append(WeightChangeTracker())
+    return callbacks
+
+
+def _describe(config: RunConfig, dataset: Dataset, parts: TrainingParts) -> str:
+    text = (f"{dataset.name} ({len(dataset.train)} train / {len(dataset.val)} val / "
+            f"{len(dataset.test)} test), model {config.model}, {config.epochs} epochs")
+    if parts.privacy is not None:
+        text += "\n" + parts.privacy.describe()
+    else:
+        text += ", non-private"
+    return text
+
+
+def _checkpoint(folder: RunFolder, state: LoopState, parts: TrainingParts,
+                callbacks: Sequence[Callback], seconds: float) -> None:
+    folder.save_checkpoint({
+        "epoch": state.epoch,
+        "step": state.step,
+        "seconds": seconds,
+        "model": state.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "sampler": parts.sampler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "privacy": parts.privacy.state_dict() if parts.privacy is not None else None,
+        "callbacks": {f"{i}:{c.name}": c.state_dict() for i, c in enumerate(callbacks)},
+    })
+    if parts.privacy is not None:
+        parts.privacy.save_ledger(folder.ledger_path)
+
+
+def _restore(folder: RunFolder, state: LoopState, parts: TrainingParts,
+             callbacks: Sequence[Callback]) -> float:
+    checkpoint = folder.load_checkpoint()
+    state.epoch, state.step = checkpoint["epoch"], checkpoint["step"]
+    state.model.load_state_dict(checkpoint["model"])
+    parts.optimizer.load_state_dict(checkpoint["optimizer"])
+    parts.sampler.load_state_dict(checkpoint["sampler"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    if parts.privacy is not None:
+        parts.privacy.load_state_dict(checkpoint["privacy"])
+    for i, callback in enumerate(callbacks):
+        callback.load_state_dict(checkpoint["callbacks"].get(f"{i}:{callback.name}", {}))
+    return float(checkpoint["seconds"])
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _summary(config: RunConfig, dataset: Dataset, model: torch.nn.Module, parts: TrainingParts,
+             state: LoopState, seconds: float, stopped_early: str | None) -> dict[str, Any]:
+    test = _evaluate(model, dataset, dataset.test)
+    summary: dict[str, Any] = {
+        "dataset": dataset.name,
+        "model": config.model,
+        "test_accuracy": test["accuracy"],
+        "test_balanced_accuracy": test["balanced_accuracy"],
+        "test_loss": test["loss"],
+        "test_auc": test["auc"],
+        "per_class_accuracy": test["per_class_accuracy"],
+        "class_names": list(dataset.class_names),
+        "seconds": seconds,
+        "peak_memory_mb": _peak_memory_mb(),
+        "epochs": state.epoch,
+        "steps": state.step,
+        "seed": config.seed,
+        "private": config.private,
+        "epsilon": None,
+        "delta": None,
+        "stopped_early": stopped_early,
+    }
+    if parts.privacy is not None:
+        summary.update(parts.privacy.summary())
+    return summary
