@@ -1,0 +1,25 @@
+"""Layer-wise learning dynamics: relative weight change (RWC) per layer during training,
+with gradient, clipping and noise diagnostics, and their aggregation for deep networks.
+
+    tracker = WeightChangeTracker()            # a training-loop callback
+    series = load_dynamics(run_dir)            # what it wrote: dynamics.json
+    clusters = cluster_layers(series)          # WeightScale: clean, reduce, k-means++
+    analyze_runs([run_a, run_b], out_dir)      # figures and tables for `dpscope dynamics`
+"""
+
+from dpscope.dynamics.rwc import rwc_l1, rwc_mean_ratio
+from dpscope.dynamics.series import (
+    GLOBAL_METRICS,
+    LAYER_METRICS,
+    DynamicsSeries,
+    LayerInfo,
+    block_of,
+    load_dynamics,
+)
+from dpscope.dynamics.tracker import PER_LAYER_BOUNDS_KEY, WeightChangeTracker
+
+__all__ = [
+    "rwc_l1", "rwc_mean_ratio",
+    "DynamicsSeries", "LayerInfo", "LAYER_METRICS", "GLOBAL_METRICS", "block_of", "load_dynamics",
+    "WeightChangeTracker", "PER_LAYER_BOUNDS_KEY",
+]
