@@ -1,0 +1,133 @@
+"""Calibration: the noise a target budget needs, and the steps a budget still affords.
+
+Both search over `dp_accounting` answers (bisection on `epsilon_spent`); neither computes epsilon
+itself. Guarantee: the returned noise multiplier (or step count) is one whose epsilon, as the
+accountant reports it, is <= the target; the noise multiplier is the smallest such found to
+within `CALIBRATION_RELATIVE_TOLERANCE` of the target epsilon (its epsilon lies in
+[(1 - tol) * target, target]).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+from dpscope.errors import PrivacyError
+from dpscope.privacy.accounting import (
+    Accountant,
+    Segment,
+    _check_step,
+    check_delta,
+    dp_sgd_event,
+    epsilon_for_event,
+    epsilon_spent,
+)
+
+CALIBRATION_RELATIVE_TOLERANCE = 0.005  # 0.5 %: inside the promised 1 % with room for PLD steps
+MIN_NOISE_MULTIPLIER = 1e-2  # below this the accountants' numerics are unreliable
+MAX_NOISE_MULTIPLIER = 1e4  # beyond this no model learns; a target needing more is unreachable
+_MAX_BISECTIONS = 100
+
+
+def noise_multiplier_for(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: Accountant = "pld"
+) -> float:
+    """The smallest noise multiplier (to 0.5 %) whose run spends at most `target_epsilon`.
+
+    Raises PrivacyError for an impossible budget: epsilon <= 0, delta outside (0, 1), or a target
+    that even `MAX_NOISE_MULTIPLIER` cannot meet.
+    """
+    _check_target(target_epsilon)
+    check_delta(delta)
+    _check_step(sample_rate, 1.0, steps)
+    if steps == 0:
+        return MIN_NOISE_MULTIPLIER  # nothing is released; any noise will do
+
+    def eps(sigma: float) -> float:
+        return epsilon_spent(sigma, sample_rate, steps, delta, accountant)
+
+    low, high = 0.5, 1.0  # eps(low) > target >= eps(high) once bracketed
+    eps_high = eps(high)
+    while eps_high > target_epsilon:
+        low, high = high, high * 2
+        if high > MAX_NOISE_MULTIPLIER:
+            raise PrivacyError(
+                f"epsilon={target_epsilon:g} at delta={delta:g} over {steps} steps at sample rate "
+                f"{sample_rate:g} needs noise multiplier > {MAX_NOISE_MULTIPLIER:g}; "
+                "raise epsilon, lower the sample rate or train fewer steps"
+            )
+        eps_high = eps(high)
+    if high == 1.0:
+        eps_low = eps(low)
+        while eps_low <= target_epsilon:
+            high, eps_high = low, eps_low
+            low /= 2
+            if low < MIN_NOISE_MULTIPLIER:
+                return high  # so loose a target that almost no noise is needed
+            eps_low = eps(low)
+    for _ in range(_MAX_BISECTIONS):
+        if eps_high >= (1 - CALIBRATION_RELATIVE_TOLERANCE) * target_epsilon:
+            break
+        mid = (low + high) / 2
+        eps_mid = eps(mid)
+        if eps_mid <= target_epsilon:
+            high, eps_high = mid, eps_mid
+        else:
+            low = mid
+        if high - low <= 1e-9 * high:
+            break  # epsilon jumps across the target (discretisation); `high` is still within budget
+    if not eps_high <= target_epsilon:  # the guarantee, checked on the value returned
+        raise AssertionError(f"calibration returned sigma={high} with epsilon {eps_high} > {target_epsilon}")
+    return high
+
+
+def max_steps_within(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    noise_multiplier: float,
+    *,
+    done: Iterable[Segment] = (),
+    accountant: Accountant = "pld",
+    max_steps: int = 10**7,
+) -> int:
+    """How many more steps at (sample_rate, noise_multiplier) keep the whole run within budget.
+
+    `done` holds the segments already run (a ledger's `segments`). 0 when the budget is spent.
+    """
+    _check_target(target_epsilon)
+    done = list(done)
+
+    def fits(extra: int) -> bool:
+        event = dp_sgd_event(done + [(sample_rate, noise_multiplier, extra)])
+        return epsilon_for_event(event, delta, accountant) <= target_epsilon
+
+    return _largest_true(fits, max_steps)
+
+
+def _largest_true(fits: Callable[[int], bool], upper: int) -> int:
+    """Largest k in [0, upper] with fits(k), for fits monotone decreasing in k."""
+    if not fits(0):
+        return 0
+    low, high = 0, 1
+    while high <= upper and fits(high):
+        low, high = high, high * 2
+    if high > upper:
+        return upper if fits(upper) else _bisect(fits, low, upper)
+    return _bisect(fits, low, high)
+
+
+def _bisect(fits: Callable[[int], bool], low: int, high: int) -> int:
+    """fits(low) is True, fits(high) False: the last k that fits."""
+    while high - low > 1:
+        mid = (low + high) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def _check_target(target_epsilon: float) -> None:
+    if not target_epsilon > 0 or math.isinf(target_epsilon):
+        raise PrivacyError(f"target epsilon must be finite and > 0, got {target_epsilon}; e.g. 1, 3 or 8")
