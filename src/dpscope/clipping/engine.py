@@ -1,0 +1,197 @@
+"""The reusable per-example clipping engine and the two top-level functions built on it.
+
+Edge cases (every strategy):
+
+| case                         | result                                                        |
+| ---------------------------- | ------------------------------------------------------------- |
+| batch of 0 examples          | grads zero (or unchanged with accumulate=True), empty norms   |
+| a NaN / inf per-example loss | NonFiniteLossError; p.grad untouched                          |
+| max_grad_norm = 0            | zero grads                                                     |
+| max_grad_norm = inf          | the plain sum of per-example gradients                        |
+| an example with zero grad    | weight 1 (no 0/0), contributes zero                           |
+| frozen parameters            | skipped: no rule needed, grads untouched, not in the norms   |
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Mapping, Union
+
+import torch
+from torch import nn
+
+from dpscope.clipping.clip_rules import ClipRule, FlatClip, as_clip_rule
+from dpscope.clipping.registry import LayerSlot, layer_slots
+from dpscope.clipping.result import ClipResult
+from dpscope.clipping.rules._common import flat_sq_norm, weighted_example_sum
+from dpscope.clipping.checks import check_losses
+from dpscope.clipping.strategies import auto, bookkeeping, crb, ghost, materialize, naive, vmap
+from dpscope.clipping.strategies.layerwise import decide_plans, run_layerwise
+from dpscope.clipping.strategies.plans import LayerPlan, PlanFn
+from dpscope.errors import ConfigError
+
+StrategyName = Literal["naive", "vmap", "materialize", "ghost", "bookkeeping", "crb", "auto"]
+Strategy = Union[StrategyName, Mapping[type, str]]
+STRATEGIES: tuple[str, ...] = ("naive", "vmap", "materialize", "ghost", "bookkeeping", "crb", "auto")
+
+_WHOLE_MODEL = {"naive": naive.per_example_grad_chunks, "vmap": vmap.per_example_grad_chunks}
+_PER_LAYER: dict[str, PlanFn] = {
+    "materialize": materialize.plan,
+    "crb": crb.plan,
+    "ghost": ghost.plan,
+    "bookkeeping": bookkeeping.plan,
+    "auto": auto.plan,
+}
+
+
+def _check_strategy(strategy: Strategy) -> None:
+    if isinstance(strategy, Mapping):
+        for layer_type, name in strategy.items():
+            if name not in _PER_LAYER:
+                raise ConfigError(
+                    f"strategy for {getattr(layer_type, '__name__', layer_type)} must be one of "
+                    f"{', '.join(_PER_LAYER)} (naive and vmap work on whole models only), got {name!r}"
+                )
+    elif strategy not in STRATEGIES:
+        raise ConfigError(f"unknown clipping strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+class ClippingEngine:
+    """Per-example norms and clipped gradient sums for one model, reused across steps.
+
+    Keeps the layer walk and, for `auto`, the per-layer decision of each input shape, so a
+    training loop pays for them once. `strategy` is a name from STRATEGIES or a mapping
+    {layer type: per-layer strategy name} (unlisted types use "auto").
+    """
+
+    def __init__(self, model: nn.Module, strategy: Strategy = "auto") -> None:
+        _check_strategy(strategy)
+        self.model = model
+        self.strategy = strategy
+        self._slots_key: tuple | None = None
+        self._slots: list[LayerSlot] = []
+        self._plan_cache: dict[tuple, list[LayerPlan]] = {}
+
+    def grad_norms(self, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor) -> ClipResult:
+        """Per-example gradient norms (and per-parameter squared norms, losses); p.grad untouched."""
+        result, _ = self._run(loss_fn, inputs, targets, None)
+        return result
+
+    def clipped_grad_sum(
+        self,
+        loss_fn: Callable,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        clip: ClipRule | float,
+        *,
+        accumulate: bool = False,
+    ) -> ClipResult:
+        """Set (or with accumulate=True add to) p.grad = sum_i w_i g_i for every trainable p.
+
+        `clip` is a ClipRule (FlatClip, PerLayerClip, AutoClip) or a number meaning FlatClip.
+        Returns the norms before clipping. Nothing is written if the pass raises.
+        """
+        rule = as_clip_rule(clip)
+        result, sums = self._run(loss_fn, inputs, targets, rule)
+        for name, p in self._trainable().items():
+            total = sums.get(name)
+            if total is None:
+                total = torch.zeros_like(p)
+            total = total.to(p.dtype).reshape(p.shape)
+            if accumulate and p.grad is not None:
+                p.grad.add_(total)
+            else:
+                p.grad = total
+        return result
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _trainable(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _layer_slots(self) -> list[LayerSlot]:
+        key = tuple((id(p), p.requires_grad) for p in self.model.parameters()) + (self.model.training,)
+        if key != self._slots_key:
+            self._slots = layer_slots(self.model)
+            self._slots_key = key
+            self._plan_cache.clear()
+        return self._slots
+
+    def _plan_fn(self, slot: LayerSlot) -> PlanFn:
+        if not isinstance(self.strategy, Mapping):
+            return _PER_LAYER[self.strategy]
+        for cls in type(slot.module).__mro__:
+            if cls in self.strategy:
+                return _PER_LAYER[self.strategy[cls]]
+        return _PER_LAYER["auto"]
+
+    def _run(self, loss_fn, inputs, targets, clip) -> tuple[ClipResult, dict[str, torch.Tensor]]:
+        if self.strategy in _WHOLE_MODEL:
+            self._bn_check()
+        if inputs.shape[0] == 0:
+            return self._empty(inputs), {}
+        if self.strategy in _WHOLE_MODEL:
+            return self._run_streaming(_WHOLE_MODEL[self.strategy], loss_fn, inputs, targets, clip)
+        slots = self._layer_slots()
+        plan_fns = [self._plan_fn(s) for s in slots]
+        key = (tuple(inputs.shape), inputs.dtype, str(inputs.device))
+
+        def plans_for(captured):
+            if key not in self._plan_cache:
+                self._plan_cache[key] = decide_plans(slots, plan_fns, captured)
+            return self._plan_cache[key]
+
+        keep_graph = clip is not None and any(fn is ghost.plan for fn in plan_fns)
+        return run_layerwise(self.model, slots, plans_for, loss_fn, inputs, targets, clip, keep_graph=keep_graph)
+
+    def _bn_check(self) -> None:
+        """Whole-model strategies need no rules, but BatchNorm still mixes examples."""
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+                layer_slots(self.model)  # raises with the module path, the reason and the fix
+
+    def _empty(self, inputs: torch.Tensor) -> ClipResult:
+        dtype = next((p.dtype for p in self.model.parameters()), torch.get_default_dtype())
+        empty = torch.zeros(0, dtype=dtype, device=inputs.device)
+        return ClipResult(empty, {n: empty for n in self._trainable()}, empty)
+
+    def _run_streaming(self, chunks, loss_fn, inputs, targets, clip) -> tuple[ClipResult, dict[str, torch.Tensor]]:
+        params = self._trainable()
+        sums: dict[str, torch.Tensor] = {}
+        norms, losses, sq_parts = [], [], []
+        for grads, chunk_losses in chunks(self.model, loss_fn, inputs, targets, params):
+            check_losses(chunk_losses, next(iter(grads.values())).shape[0])
+            sq = {n: flat_sq_norm(g) for n, g in grads.items()}
+            chunk_norms = torch.stack(list(sq.values())).sum(0).sqrt()
+            if clip is not None:
+                weights = clip.weights(sq, chunk_norms)
+                for n, g in grads.items():
+                    s = weighted_example_sum(g, weights[n])
+                    sums[n] = sums[n] + s if n in sums else s
+            norms.append(chunk_norms)
+            losses.append(chunk_losses.detach())
+            sq_parts.append(sq)
+        per_param = {n: torch.cat([part[n] for part in sq_parts]) for n in params}
+        return ClipResult(torch.cat(norms), per_param, torch.cat(losses)), sums
+
+
+def per_example_grad_norms(
+    model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor, strategy: Strategy = "auto"
+) -> torch.Tensor:
+    """(B,) L2 norm of each example's gradient over all trainable parameters; p.grad untouched."""
+    return ClippingEngine(model, strategy).grad_norms(loss_fn, inputs, targets).per_example_norms
+
+
+def clipped_grad_sum(
+    model: nn.Module,
+    loss_fn: Callable,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    max_grad_norm: float,
+    strategy: Strategy = "auto",
+) -> torch.Tensor:
+    """Set p.grad = sum_i g_i * min(1, C / (||g_i|| + 1e-6)) for every trainable p; no noise.
+
+    Returns the (B,) per-example norms before clipping.
+    """
+    engine = ClippingEngine(model, strategy)
+    return engine.clipped_grad_sum(loss_fn, inputs, targets, FlatClip(max_grad_norm)).per_example_norms

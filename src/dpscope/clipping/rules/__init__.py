@@ -1,0 +1,1 @@
+"""Per-example gradient rules, one file per layer family; the registry lives in `registry.py`."""

@@ -1,0 +1,1 @@
+"""Strategies: whole-model references (naive, vmap) and per-layer plans (the rest)."""

@@ -1,0 +1,104 @@
+"""Every layer rule under every strategy equals the naive and vmap references, over drawn shapes."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from dpscope.models.vit import ClassToken, PositionEmbedding
+from tests.clipping.oracle import check_against_references
+
+SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
+
+
+def probe_loss(out, _targets):
+    readout = torch.linspace(-1, 1, out[0].numel(), dtype=out.dtype).reshape(out.shape[1:])
+    return (torch.tanh(out) * readout).flatten(1).sum(1)
+
+
+def check_layer(layer: nn.Module, x: torch.Tensor) -> None:
+    model = nn.Sequential(layer)
+    check_against_references(model, probe_loss, x, torch.zeros(x.shape[0]))
+
+
+batch_sizes = st.sampled_from([0, 1, 3])
+
+
+@SETTINGS
+@given(batch=batch_sizes, lead=st.lists(st.integers(1, 3), max_size=2), p=st.integers(1, 5), q=st.integers(1, 4), bias=st.booleans())
+def test_linear_on_vectors_and_sequences(batch, lead, p, q, bias):
+    torch.manual_seed(0)
+    check_layer(nn.Linear(p, q, bias=bias), torch.randn(batch, *lead, p))
+
+
+@st.composite
+def conv_configs(draw):
+    dims = draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 2]))
+    c_in = groups * draw(st.integers(1, 2))
+    c_out = groups * draw(st.integers(1, 2))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(dims))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(dims))
+    same = draw(st.booleans())
+    stride = (1,) * dims if same else tuple(draw(st.integers(1, 2)) for _ in range(dims))
+    padding = "same" if same else tuple(draw(st.integers(0, 2)) for _ in range(dims))
+    mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "circular"]))
+    size = 5  # >= the largest dilated kernel, 2 * (3 - 1) + 1
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1](
+        c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
+        bias=draw(st.booleans()), padding_mode=mode,
+    )
+    return conv, (c_in,) + (size,) * dims
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(batch=batch_sizes, config=conv_configs())
+def test_conv_every_option(batch, config):
+    torch.manual_seed(1)
+    conv, in_shape = config
+    check_layer(conv, torch.randn(batch, *in_shape))
+
+
+@SETTINGS
+@given(batch=batch_sizes, tokens=st.integers(1, 4), vocab=st.integers(2, 6), padding=st.booleans())
+def test_embedding_with_padding_idx(batch, tokens, vocab, padding):
+    torch.manual_seed(2)
+    layer = nn.Embedding(vocab, 3, padding_idx=0 if padding else None)
+    check_layer(layer, torch.randint(0, vocab, (batch, tokens)))
+
+
+@SETTINGS
+@given(batch=batch_sizes, kind=st.sampled_from(["layer", "layer2d", "group", "instance", "instance_eval"]), affine=st.booleans())
+def test_norm_layers(batch, kind, affine):
+    torch.manual_seed(3)
+    if kind == "layer":
+        layer, x = nn.LayerNorm(4, elementwise_affine=affine), torch.randn(batch, 3, 4)
+    elif kind == "layer2d":
+        layer, x = nn.LayerNorm((2, 3), elementwise_affine=affine), torch.randn(batch, 2, 3)
+    elif kind == "group":
+        layer, x = nn.GroupNorm(2, 4, affine=affine), torch.randn(batch, 4, 3, 2)
+    else:
+        layer, x = nn.InstanceNorm2d(3, affine=True, track_running_stats=kind == "instance_eval"), torch.randn(batch, 3, 4, 3)
+        if kind == "instance_eval":
+            layer.running_mean.uniform_(-1, 1)
+            layer.running_var.uniform_(0.5, 2)
+            layer.eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    if not list(layer.parameters()):
+        layer = nn.Sequential(layer, nn.Linear(x.shape[-1], 2))
+    check_layer(layer, x)
+
+
+@SETTINGS
+@given(batch=batch_sizes, tokens=st.integers(1, 4))
+def test_class_token_and_position_embedding(batch, tokens):
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 3), ClassToken(3), PositionEmbedding(tokens + 1, 3), nn.Linear(3, 2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    check_against_references(model, probe_loss, torch.randn(batch, tokens, 3), torch.zeros(batch))
