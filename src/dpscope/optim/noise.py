@@ -1,0 +1,94 @@
+"""Gaussian noise for DP-SGD: a seeded generator (reproducible) or the OS's CSPRNG (secure).
+
+Seeded (default): `torch.normal` from a `torch.Generator` per device, seeded with the run's seed.
+Reproducible and resumable (its state is in `state_dict`), but a pseudo-random generator whose
+state an adversary could in principle reconstruct; fine for research, not for a deployed model.
+
+Secure (`secure=True`): uniforms from `os.urandom` (the kernel CSPRNG), 53 random bits each, turned
+into normals by the Box-Muller transform in float64, then cast to the parameter's dtype. Not
+reproducible by design. Caveat: like every floating-point Gaussian sampler, it is not the exact
+discrete Gaussian of Canonne et al. 2020; float64 keeps the representational gaps far below the
+noise scale, which is what practical libraries accept.
+
+Cost of the secure path (2-core CPU VM of this project, 2026-11, 10M coordinates, i.e. a ResNet-18
+step): about 0.5 s, against about 0.06 s seeded; measure with
+    python -m dpscope.optim.noise 10000000
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+_TWO_PI = 2 * math.pi
+
+
+def secure_standard_normal(count: int) -> np.ndarray:
+    """`count` independent N(0, 1) float64 draws from the OS's CSPRNG (Box-Muller)."""
+    pairs = (count + 1) // 2
+    u1, u2 = _secure_uniform(pairs), _secure_uniform(pairs)
+    radius = np.sqrt(-2.0 * np.log(u1))
+    angle = _TWO_PI * u2
+    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:count]
+
+
+def _secure_uniform(count: int) -> np.ndarray:
+    """Uniform on (0, 1]: (k + 1) / 2^53 for k from 53 random bits (never 0, so log is finite)."""
+    words = np.frombuffer(os.urandom(8 * count), dtype=np.uint64)
+    return ((words >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
+
+
+class GaussianNoise:
+    """Draws N(0, std^2) tensors shaped like a given tensor, from one of the two sources."""
+
+    def __init__(self, *, seed: int = 0, secure: bool = False) -> None:
+        self.seed = seed
+        self.secure = secure
+        self._generators: dict[str, torch.Generator] = {}
+
+    def like(self, tensor: torch.Tensor, std: float) -> torch.Tensor:
+        """Noise with `tensor`'s shape, dtype and device."""
+        if self.secure:
+            draws = torch.from_numpy(secure_standard_normal(tensor.numel()))
+            return (draws * std).reshape(tensor.shape).to(device=tensor.device, dtype=tensor.dtype)
+        generator = self._generator(tensor.device)
+        return torch.normal(0.0, std, tensor.shape, generator=generator, device=tensor.device, dtype=tensor.dtype)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[key]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Generator states per device; empty for the secure source (nothing to restore)."""
+        return {"seed": self.seed, "secure": self.secure,
+                "generators": {key: gen.get_state() for key, gen in self._generators.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed, self.secure = state["seed"], state["secure"]
+        self._generators = {}
+        for key, generator_state in state["generators"].items():
+            self._generator(torch.device(key)).set_state(generator_state)
+
+
+def _benchmark(count: int, repeats: int = 3) -> None:
+    """Print seconds per `count` noise coordinates, seeded vs secure (best of `repeats`)."""
+    target = torch.empty(count)
+    for name, noise in (("seeded", GaussianNoise(seed=0)), ("secure", GaussianNoise(secure=True))):
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            noise.like(target, 1.0)
+            best = min(best, time.perf_counter() - start)
+        print(f"{name:>6}: {best:.3f} s for {count:,} coordinates ({count / best / 1e6:.1f} M/s)")
+
+
+if __name__ == "__main__":
+    _benchmark(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000_000)
