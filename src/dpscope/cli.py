@@ -108,3 +108,13 @@ def train(
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+# studies: `dpscope study`, `dpscope report`, `dpscope runs` (dpscope/study/commands.py)
+from dpscope.study.commands import report as _study_report  # noqa: E402
+from dpscope.study.commands import runs as _study_runs  # noqa: E402
+from dpscope.study.commands import study as _study  # noqa: E402
+
+app.command("study")(_study)
+app.command("report")(_study_report)
+app.command("runs")(_study_runs)
