@@ -118,7 +118,7 @@ def test_dp_pix_refuses_cells_that_do_not_tile_the_image():
 
 def test_paper_mechanism_adds_one_laplace_constant_per_image():
     mech = P.PaperBrightnessShift(epsilon=1.0)
-    x = _images(4000, shape=(1, 4, 4))
+    x = _images(2000, shape=(1, 4, 4))
     shift = mech.noisy(x, seed=5) - x.double()
     per_image = shift[:, :1, :1, :1]
     # equal up to float64 rounding of (x + c) - x; distinct images get distinct constants
@@ -256,3 +256,46 @@ def test_perturb_dataset_errors(tmp_path):
         P.perturb_dataset(tmp_path / "only_test.npz", tmp_path / "o.npz", "laplace:eps=1", 0,
                           splits=("holdout",))
     assert not (tmp_path / "o.npz").exists()
+
+
+def _tiny_dataset(pixel_max: float):
+    from dpscope.data.dataset import Dataset, ImageSplit, channel_mean_std
+
+    rng = torch.Generator().manual_seed(0)
+
+    def split(n):
+        images = torch.randint(0, int(pixel_max) + 1, (n, 1, 8, 8), generator=rng,
+                               dtype=torch.uint8)
+        return ImageSplit(images, torch.arange(n, dtype=torch.int64) % 2)
+
+    train = split(40)
+    mean, std = channel_mean_std(train.images, pixel_max)
+    return Dataset("tiny", "synthetic", train, split(10), split(10), 2, ("a", "b"), mean, std,
+                   pixel_max)
+
+
+def test_perturb_training_images_in_memory_uses_dataset_pixel_range():
+    from dpscope.data.dataset import channel_mean_std
+
+    dataset = _tiny_dataset(pixel_max=16.0)
+    private, record = P.perturb_training_images(dataset, "singh2020_brightness_shift:eps=1", 5)
+    assert record["parameters"]["pixel_max"] == 16.0
+    assert record["guarantee"]["noise_scale"] == 16.0
+    assert record["applied_to"].startswith("training images only")
+    assert record["unchanged_splits"] == ["val", "test"]
+    assert private.val is dataset.val and private.test is dataset.test
+    assert int(private.train.images.max()) <= 16
+    expected = P.PaperBrightnessShift(1.0, pixel_max=16.0).apply(
+        dataset.train.images, record["split_seeds"]["train"])
+    assert torch.equal(private.train.images, expected)
+    assert (private.mean, private.std) == channel_mean_std(expected, 16.0)
+    assert torch.equal(private.train.labels, dataset.train.labels)
+
+
+def test_pixel_max_sets_sensitivity_and_is_validated():
+    assert P.PixelLaplace(1.0, pixel_max=16.0).guarantee((1, 8, 8)).sensitivity == 64 * 16
+    assert P.DpPix(1.0, 2, pixel_max=16.0).guarantee((1, 8, 8)).noise_scale == 16 / 4
+    with pytest.raises(ConfigError, match="pixel_max must be at most 255"):
+        P.parse_mechanism("laplace:eps=1,pixel_max=1000")
+    with pytest.raises(DataError, match=r"\[0, 16\].*set the mechanism's pixel_max"):
+        P.PixelLaplace(1.0, pixel_max=16.0).apply(_images(1), 0)

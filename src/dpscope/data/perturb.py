@@ -1,13 +1,14 @@
 """Input perturbation: private copies of images, each mechanism with a computed guarantee.
 
-Layout: images are (N, C, H, W) arrays of pixel values in [0, 255] (uint8 as the dataset code
-stores them), numpy or torch; the result has the input's library. A mechanism is a frozen
-dataclass of its parameters with three views of one release:
+Layout: images are (N, C, H, W) arrays of pixel values in [0, pixel_max] (uint8 as the dataset
+code stores them; pixel_max is 255 for 8-bit images, 16 for scikit-learn digits), numpy or
+torch; the result has the input's library. Below, P = pixel_max, the range of one pixel value.
+A mechanism is a frozen dataclass of its parameters with three views of one release:
 
 - `noisy(images, seed)`: the mechanism's raw output, float64, unclipped. This is what the
   guarantee is about.
-- `apply(images, seed)`: `noisy` clipped to [0, 255] and rounded to uint8.
-- `apply_float(images, seed)`: `noisy` clipped to [0, 255], float32, unrounded.
+- `apply(images, seed)`: `noisy` clipped to [0, P] and rounded to uint8.
+- `apply_float(images, seed)`: `noisy` clipped to [0, P], float32, unrounded.
 
 Clipping and rounding are post-processing of the raw output, so they keep its guarantee.
 `guarantee(image_shape)` computes the privacy statement from the parameters and the shape
@@ -73,6 +74,16 @@ class Mechanism:
     name: ClassVar[str]
     aliases: ClassVar[Mapping[str, str]] = {"eps": "epsilon"}
     training_images_only: ClassVar[bool] = False
+    epsilon: float
+    pixel_max: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "epsilon", _check_positive("epsilon", self.epsilon, self.name))
+        pixel_max = _check_positive("pixel_max", self.pixel_max, self.name)
+        if pixel_max > 255:
+            raise ConfigError(f"{self.name}: pixel_max must be at most 255 (uint8 images), "
+                              f"got {pixel_max}")
+        object.__setattr__(self, "pixel_max", pixel_max)
 
     def guarantee(self, image_shape: Sequence[int]) -> Guarantee:
         raise NotImplementedError
@@ -83,20 +94,20 @@ class Mechanism:
 
     def noisy(self, images: Any, seed: int | torch.Generator) -> Any:
         """Raw float64 output, unclipped: the release the guarantee speaks of."""
-        x, to_numpy = _as_float_images(images)
+        x, to_numpy = _as_float_images(images, self.pixel_max)
         out = self._raw(x, _generator(seed))
         return out.numpy() if to_numpy else out
 
     def apply(self, images: Any, seed: int | torch.Generator) -> Any:
-        """Private images as uint8: `noisy` clipped to [0, 255] and rounded (post-processing)."""
-        x, to_numpy = _as_float_images(images)
-        out = self._raw(x, _generator(seed)).clamp_(0.0, PIXEL_MAX).round_().to(torch.uint8)
+        """Private images as uint8: `noisy` clipped to [0, pixel_max], rounded (post-processing)."""
+        x, to_numpy = _as_float_images(images, self.pixel_max)
+        out = self._raw(x, _generator(seed)).clamp_(0.0, self.pixel_max).round_().to(torch.uint8)
         return out.numpy() if to_numpy else out
 
     def apply_float(self, images: Any, seed: int | torch.Generator) -> Any:
-        """Private images as float32 in [0, 255]: `noisy` clipped (post-processing), unrounded."""
-        x, to_numpy = _as_float_images(images)
-        out = self._raw(x, _generator(seed)).clamp_(0.0, PIXEL_MAX).to(torch.float32)
+        """Private images as float32: `noisy` clipped to [0, pixel_max] (post-processing)."""
+        x, to_numpy = _as_float_images(images, self.pixel_max)
+        out = self._raw(x, _generator(seed)).clamp_(0.0, self.pixel_max).to(torch.float32)
         return out.numpy() if to_numpy else out
 
     def params(self) -> dict[str, Any]:
@@ -112,26 +123,24 @@ class PixelLaplace(Mechanism):
     """Laplace noise on every pixel value, calibrated to a whole image's L1 sensitivity.
 
     Neighbouring images are ANY two images of the shape, so the L1 sensitivity is
-    n_values * 255 (n_values = C*H*W) and the Laplace scale is that over epsilon: true
+    n_values * P (n_values = C*H*W) and the Laplace scale is that over epsilon: true
     image-level epsilon-LDP. At useful epsilons the noise (scale ~2e5 for 28x28 at eps 1)
     destroys the image; that is the honest price of this guarantee.
     """
 
     epsilon: float
+    pixel_max: float = PIXEL_MAX
     name: ClassVar[str] = "laplace"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "epsilon", _check_positive("epsilon", self.epsilon, self.name))
-
     def scale(self, image_shape: Sequence[int]) -> float:
-        return _n_values(image_shape) * PIXEL_MAX / self.epsilon
+        return _n_values(image_shape) * self.pixel_max / self.epsilon
 
     def guarantee(self, image_shape: Sequence[int]) -> Guarantee:
         shape = _shape3(image_shape)
         return Guarantee(
             kind=KIND_LDP, epsilon=self.epsilon, delta=0.0,
             neighbouring="any two images of shape (C, H, W) = " + str(shape),
-            sensitivity=_n_values(shape) * PIXEL_MAX, sensitivity_norm="L1",
+            sensitivity=_n_values(shape) * self.pixel_max, sensitivity_norm="L1",
             noise="laplace", noise_scale=self.scale(shape),
             noise_scale_meaning="Laplace scale b per pixel value", image_shape=shape,
         )
@@ -144,7 +153,7 @@ class PixelLaplace(Mechanism):
 class PixelGaussian(Mechanism):
     """Gaussian noise on every pixel value, calibrated to a whole image's L2 sensitivity.
 
-    Neighbouring = any two images, L2 sensitivity sqrt(n_values) * 255. The noise standard
+    Neighbouring = any two images, L2 sensitivity sqrt(n_values) * P. The noise standard
     deviation is the analytic Gaussian mechanism's (Balle and Wang 2018), taken from
     dp_accounting for (epsilon, delta); the guarantee's epsilon is recomputed from that
     standard deviation by dp_accounting, not copied from the parameters.
@@ -152,20 +161,23 @@ class PixelGaussian(Mechanism):
 
     epsilon: float
     delta: float
+    pixel_max: float = PIXEL_MAX
     name: ClassVar[str] = "gaussian"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "epsilon", _check_positive("epsilon", self.epsilon, self.name))
+        super().__post_init__()
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"{self.name}: delta must be in (0, 1), got {self.delta}")
 
+    def sensitivity(self, image_shape: Sequence[int]) -> float:
+        return math.sqrt(_n_values(image_shape)) * self.pixel_max
+
     def noise_std(self, image_shape: Sequence[int]) -> float:
-        sensitivity = math.sqrt(_n_values(image_shape)) * PIXEL_MAX
-        return sensitivity * dp_accounting.get_sigma_gaussian(self.epsilon, self.delta)
+        return self.sensitivity(image_shape) * dp_accounting.get_sigma_gaussian(self.epsilon, self.delta)
 
     def guarantee(self, image_shape: Sequence[int]) -> Guarantee:
         shape = _shape3(image_shape)
-        sensitivity = math.sqrt(_n_values(shape)) * PIXEL_MAX
+        sensitivity = self.sensitivity(shape)
         std = self.noise_std(shape)
         return Guarantee(
             kind=KIND_APPROX_DP,
@@ -187,7 +199,7 @@ class DpPix(Mechanism):
     """DP-Pix (Fan 2018): average b x b cells, then Laplace noise on each cell mean.
 
     Changing up to m pixels (all C channels of each) moves the cell means by at most
-    C * 255 * m / b^2 in L1, so Laplace scale C * 255 * m / (b^2 * epsilon) gives epsilon-DP
+    C * P * m / b^2 in L1, so Laplace scale C * P * m / (b^2 * epsilon) gives epsilon-DP
     for images differing in up to m pixels: m-neighbourhood DP, not image-level privacy.
     Each noisy cell mean fills its whole b x b cell. H and W must be multiples of b.
     """
@@ -195,13 +207,14 @@ class DpPix(Mechanism):
     epsilon: float
     cell_size_px: int = 4
     differing_pixels: int = 1
+    pixel_max: float = PIXEL_MAX
     name: ClassVar[str] = "dp_pix"
     aliases: ClassVar[Mapping[str, str]] = {
         "eps": "epsilon", "b": "cell_size_px", "m": "differing_pixels"
     }
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "epsilon", _check_positive("epsilon", self.epsilon, self.name))
+        super().__post_init__()
         for field in ("cell_size_px", "differing_pixels"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -210,7 +223,7 @@ class DpPix(Mechanism):
     def sensitivity(self, image_shape: Sequence[int]) -> float:
         """L1 change of the cell means when up to m pixels (all channels) change."""
         channels, b = _shape3(image_shape)[0], self.cell_size_px
-        return channels * PIXEL_MAX * self.differing_pixels / (b * b)
+        return channels * self.pixel_max * self.differing_pixels / (b * b)
 
     def scale(self, image_shape: Sequence[int]) -> float:
         return self.sensitivity(image_shape) / self.epsilon
@@ -252,28 +265,26 @@ class DpPix(Mechanism):
 class PaperBrightnessShift(Mechanism):
     """Input perturbation exactly as Singh et al. 2020's code applied it (pneumonia study).
 
-    ONE Laplace draw of scale 255/epsilon per image, added to every pixel, training images
+    ONE Laplace draw of scale P/epsilon (255/epsilon) per image, added to every pixel, training images
     only. Every output is the image plus a constant, so any two images that differ other than
     by a uniform brightness change can be told apart with certainty: it is NOT image-level
     privacy. Its `epsilon` is the paper's noise parameter, not a guarantee; it is epsilon-DP
-    only between images that differ by a uniform shift of at most 255.
+    only between images that differ by a uniform shift of at most P.
     """
 
     epsilon: float
+    pixel_max: float = PIXEL_MAX
     name: ClassVar[str] = "singh2020_brightness_shift"
     training_images_only: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "epsilon", _check_positive("epsilon", self.epsilon, self.name))
-
     def scale(self) -> float:
-        return PIXEL_MAX / self.epsilon
+        return self.pixel_max / self.epsilon
 
     def guarantee(self, image_shape: Sequence[int]) -> Guarantee:
         return Guarantee(
             kind=KIND_NONE, epsilon=None, delta=None,
             neighbouring="none between distinct images (only images that differ by a uniform"
-            " brightness shift of at most 255 are protected)",
+            f" brightness shift of at most {self.pixel_max:g} are protected)",
             sensitivity=None, sensitivity_norm=None, noise="laplace", noise_scale=self.scale(),
             noise_scale_meaning="Laplace scale b of the one draw added to all pixels of an image",
             image_shape=_shape3(image_shape),
@@ -336,41 +347,76 @@ def perturb_dataset(
     returns the record: mechanism, parameters, guarantee, seed and which images were perturbed.
     """
     mech = parse_mechanism(mechanism)
-    splits = tuple(splits)
-    bad = [s for s in splits if s not in SPLITS]
-    if bad:
-        raise ConfigError(f"unknown split(s) {bad}; choose from {list(SPLITS)}")
-    if mech.training_images_only and splits != ("train",):
-        raise ConfigError(f"{mech.name} is applied to training images only; use splits=('train',)")
+    splits = _check_splits(mech, splits)
     arrays = _read_npz(Path(source))
     present = [s for s in SPLITS if f"{s}_images" in arrays]
     missing = [s for s in splits if s not in present]
     if missing:
         raise DataError(f"{source}: no {missing[0]}_images array; present splits: {present}")
-    guarantee = None
+    shape = None
     for split in splits:
         images = _to_nchw(arrays[f"{split}_images"], source, split)
-        guarantee = mech.guarantee(images.shape[1:])
+        shape = images.shape[1:]
         arrays[f"{split}_images"] = _from_nchw(
             _apply_in_chunks(mech, images, _split_seed(seed, split)),
             arrays[f"{split}_images"].ndim,
         )
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    record = {
-        "mechanism": mech.name, "spec": mech.spec(), "parameters": mech.params(), "seed": seed,
-        "split_seeds": {s: _split_seed(seed, s) for s in splits},
-        "guarantee": guarantee.to_dict() if guarantee else None,
-        "perturbed_splits": list(splits),
-        "unchanged_splits": [s for s in present if s not in splits],
-        "applied_to": _applied_to(splits),
-        "post_processing": "raw output clipped to [0, 255] and rounded to uint8",
+    record = _record(mech, seed, splits, present, shape) | {
         "source": str(source), "source_sha256": _sha256(Path(source).read_bytes()),
         "destination_sha256": _sha256(buffer.getvalue()),
     }
     write_bytes_atomic(Path(destination), buffer.getvalue())
     write_json_atomic(Path(destination).with_suffix(".json"), record)
     return record
+
+
+def perturb_training_images(
+    dataset: Any, mechanism: str | Mapping[str, Any] | Mechanism, seed: int
+) -> tuple[Any, dict[str, Any]]:
+    """A loaded `dpscope.data.Dataset` with private training images, and the record.
+
+    The mechanism's pixel_max is set to the dataset's (a record shows the one used). The
+    normalisation statistics are recomputed from the private training images (post-
+    processing, so free); validation and test images stay as they are. Same seed, same
+    images as `perturb_dataset` gives for the training split.
+    """
+    from dpscope.data.dataset import ImageSplit, channel_mean_std
+
+    mech = dataclasses.replace(parse_mechanism(mechanism),  # type: ignore[type-var]
+                               pixel_max=float(dataset.pixel_max))
+    train = dataset.train
+    images = _apply_in_chunks(mech, train.images, _split_seed(seed, "train"))
+    mean, std = channel_mean_std(images, dataset.pixel_max)
+    private = dataclasses.replace(
+        dataset, train=ImageSplit(images, train.labels, train.groups), mean=mean, std=std
+    )
+    record = _record(mech, seed, ("train",), list(SPLITS), images.shape[1:])
+    return private, record | {"source": dataset.source, "dataset": dataset.name}
+
+
+def _check_splits(mech: Mechanism, splits: Sequence[str]) -> tuple[str, ...]:
+    splits = tuple(splits)
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise ConfigError(f"unknown split(s) {bad}; choose from {list(SPLITS)}")
+    if mech.training_images_only and splits != ("train",):
+        raise ConfigError(f"{mech.name} is applied to training images only; use splits=('train',)")
+    return splits
+
+
+def _record(mech: Mechanism, seed: int, splits: tuple[str, ...], present: list[str],
+            shape: Sequence[int] | None) -> dict[str, Any]:
+    return {
+        "mechanism": mech.name, "spec": mech.spec(), "parameters": mech.params(), "seed": seed,
+        "split_seeds": {s: _split_seed(seed, s) for s in splits},
+        "guarantee": None if shape is None else mech.guarantee(shape).to_dict(),
+        "perturbed_splits": list(splits),
+        "unchanged_splits": [s for s in present if s not in splits],
+        "applied_to": _applied_to(splits),
+        "post_processing": f"raw output clipped to [0, {mech.pixel_max:g}] and rounded to uint8",
+    }
 
 
 def _applied_to(splits: tuple[str, ...]) -> str:
@@ -412,7 +458,7 @@ def _from_nchw(images: torch.Tensor, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(out.numpy())
 
 
-def _as_float_images(images: Any) -> tuple[torch.Tensor, bool]:
+def _as_float_images(images: Any, pixel_max: float) -> tuple[torch.Tensor, bool]:
     to_numpy = isinstance(images, np.ndarray)
     x = torch.from_numpy(images) if to_numpy else images
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
@@ -421,10 +467,10 @@ def _as_float_images(images: Any) -> tuple[torch.Tensor, bool]:
     if x.dtype == torch.bool or x.is_complex():
         raise DataError(f"images must hold pixel values in [0, 255], got dtype {x.dtype}")
     x = x.to(torch.float64)
-    if x.numel() and (x.min() < 0 or x.max() > PIXEL_MAX or x.isnan().any()):
+    if x.numel() and (x.min() < 0 or x.max() > pixel_max or x.isnan().any()):
         raise DataError(
-            "pixel values must lie in [0, 255] for the stated sensitivity; "
-            f"got [{float(x.min())}, {float(x.max())}]"
+            f"pixel values must lie in [0, {pixel_max:g}] for the stated sensitivity; got "
+            f"[{float(x.min())}, {float(x.max())}]; set the mechanism's pixel_max to the data's"
         )
     return x, to_numpy
 
