@@ -120,18 +120,6 @@ def test_lr_scheduler_drives_the_wrapped_optimizer():
     assert opt.original_optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
 
 
-def test_gradient_dropping_gives_dropped_coordinates_neither_gradient_nor_noise():
-    param = torch.nn.Parameter(torch.zeros(10))
-    keep = torch.arange(10) < 4
-    opt = DPOptimizer(torch.optim.SGD([param], lr=1.0), noise_multiplier=1.0, max_grad_norm=1.0,
-                      sample_rate=0.1, dataset_size=100, param_names={"w": param},
-                      drop_rule=lambda step: {"w": keep})
-    param.grad = torch.ones(10)
-    opt.step()
-    assert (param.detach()[~keep] == 0).all() and (param.detach()[keep] != 0).all()
-    assert opt.ledger.steps == 1
-
-
 def test_unknown_optimizer_kind_and_closure_are_refused():
     plan = privacy.PrivacyPlan.for_noise(dataset_size=200, expected_batch_size=8, epochs=1,
                                          noise_multiplier=1.0, max_grad_norm=1.0)

@@ -47,3 +47,7 @@ def test_max_steps_within_is_the_last_step_that_fits(accountant):
 
 def test_spent_budget_affords_no_steps():
     assert privacy.max_steps_within(0.5, 1e-5, 0.1, 0.7, done=[(0.1, 0.7, 1000)], accountant="rdp") == 0
+
+
+def test_no_steps_need_no_noise():
+    assert privacy.noise_multiplier_for(1.0, 1e-5, 0.01, 0) == 0.0

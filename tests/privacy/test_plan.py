@@ -91,3 +91,17 @@ def test_steps_left_stops_the_run_at_the_budget():
     assert ledger.epsilon(plan.delta, "rdp") <= 1.0
     assert plan.steps_left(ledger) == 0
     assert "stopped at the privacy budget" in plan.budget_stop_message(ledger)
+
+
+def test_check_sampler_accepts_only_the_planned_poisson_sampler():
+    from dpscope.data.poisson import PoissonSampler, ShuffledBatchSampler
+
+    plan = PrivacyPlan.for_noise(**BASE, noise_multiplier=1.0)
+    plan.check_sampler(PoissonSampler(plan.dataset_size, plan.sample_rate))
+    with pytest.raises(PrivacyError, match="q=0.04"):
+        plan.check_sampler(PoissonSampler(plan.dataset_size, 0.04))
+    with pytest.raises(PrivacyError, match="assumes Poisson"):
+        plan.check_sampler(ShuffledBatchSampler(plan.dataset_size, 100))
+    acknowledged = PrivacyPlan.for_noise(**BASE, noise_multiplier=1.0, sampling="shuffle",
+                                         non_poisson_acknowledged=True)
+    acknowledged.check_sampler(ShuffledBatchSampler(plan.dataset_size, 100))

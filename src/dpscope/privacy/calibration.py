@@ -41,7 +41,7 @@ def noise_multiplier_for(
     check_delta(delta)
     _check_step(sample_rate, 1.0, steps)
     if steps == 0:
-        return MIN_NOISE_MULTIPLIER  # nothing is released; any noise will do
+        return 0.0  # nothing is released, so no noise is needed
 
     def eps(sigma: float) -> float:
         return epsilon_spent(sigma, sample_rate, steps, delta, accountant)

@@ -139,6 +139,26 @@ class PrivacyPlan:
         return (f"stopped at the privacy budget after {ledger.steps} steps: epsilon {spent:.3f} of "
                 f"{self.budget_epsilon:.3f} spent (delta {self.delta:.3g}); one more step would exceed it")
 
+    def check_sampler(self, sampler: Any) -> None:
+        """Refuse a batch sampler that is not the one this plan's epsilon was computed for.
+
+        A Poisson sampler must use the plan's q and N; any other sampler (`sampling` attribute
+        other than "poisson") is allowed only if the plan acknowledged non-Poisson sampling.
+        """
+        kind = getattr(sampler, "sampling", None)
+        if kind != "poisson":
+            if self.sampling == "poisson" or not self.non_poisson_acknowledged:
+                raise PrivacyError(
+                    f"the plan assumes Poisson sampling but the sampler is {type(sampler).__name__} "
+                    f"(sampling={kind!r}); use dpscope.data.poisson.PoissonSampler"
+                )
+            return
+        if (sampler.sample_rate, sampler.dataset_size) != (self.sample_rate, self.dataset_size):
+            raise PrivacyError(
+                f"sampler draws q={sampler.sample_rate:g} from N={sampler.dataset_size}, the plan "
+                f"q={self.sample_rate:g} from N={self.dataset_size}; build the sampler from the plan"
+            )
+
     def describe(self) -> str:
         """A short statement of the guarantee and what it rests on, for a reviewer."""
         lines = [
