@@ -119,3 +119,10 @@ def test_too_few_minority_examples_for_any_subset_is_refused():
     groups = np.array(["F"] * 50 + ["M"])
     with pytest.raises(DataError, match="no subset has share 0.999"):
         subsample_to_share(groups, "F", 0.999, seed=0)
+
+
+def test_balance_by_refuses_a_group_missing_a_label_value():
+    groups = np.array(["F"] * 400 + ["M"] * 20)
+    target = np.array([0, 1] * 200 + [0] * 20)  # no positive male
+    with pytest.raises(DataError, match=r"need 3 rest examples balanced by label but only 1"):
+        subsample_to_share(groups, "F", 0.99, seed=0, total=300, balance_by=target)

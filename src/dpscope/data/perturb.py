@@ -27,7 +27,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import dp_accounting
 import numpy as np
@@ -94,20 +94,23 @@ class Mechanism:
 
     def noisy(self, images: Any, seed: int | torch.Generator) -> Any:
         """Raw float64 output, unclipped: the release the guarantee speaks of."""
-        x, to_numpy = _as_float_images(images, self.pixel_max)
-        out = self._raw(x, _generator(seed))
-        return out.numpy() if to_numpy else out
+        return self._release(images, seed, lambda out: out)
 
     def apply(self, images: Any, seed: int | torch.Generator) -> Any:
         """Private images as uint8: `noisy` clipped to [0, pixel_max], rounded (post-processing)."""
-        x, to_numpy = _as_float_images(images, self.pixel_max)
-        out = self._raw(x, _generator(seed)).clamp_(0.0, self.pixel_max).round_().to(torch.uint8)
-        return out.numpy() if to_numpy else out
+        return self._release(images, seed, lambda out: self._clip(out).round_().to(torch.uint8))
 
     def apply_float(self, images: Any, seed: int | torch.Generator) -> Any:
         """Private images as float32: `noisy` clipped to [0, pixel_max] (post-processing)."""
+        return self._release(images, seed, lambda out: self._clip(out).to(torch.float32))
+
+    def _clip(self, out: torch.Tensor) -> torch.Tensor:
+        return out.clamp_(0.0, self.pixel_max)
+
+    def _release(self, images: Any, seed: int | torch.Generator,
+                 post: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         x, to_numpy = _as_float_images(images, self.pixel_max)
-        out = self._raw(x, _generator(seed)).clamp_(0.0, self.pixel_max).to(torch.float32)
+        out = post(self._raw(x, _generator(seed)))
         return out.numpy() if to_numpy else out
 
     def params(self) -> dict[str, Any]:

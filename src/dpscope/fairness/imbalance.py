@@ -51,8 +51,8 @@ def subsample_to_share(
     """Indices of a subset in which examples with key `group` make up `share`, exactly.
 
     `total=None` takes the largest subset the data allows. `balance_by` (labels, same length
-    as `keys`) additionally balances each part across its label values, as Farrand et al.
-    2020 balanced the target within their imbalanced CelebA subsets.
+    as `keys`) additionally splits each part evenly across all label values of the data, as
+    Farrand et al. 2020 balanced the target within their imbalanced CelebA subsets.
     """
     keys = as_1d(keys, "keys")
     labels = None if balance_by is None else as_1d(balance_by, "balance_by")
@@ -62,8 +62,8 @@ def subsample_to_share(
     if not in_group.any():
         raise DataError(f"no example has the key {group!r}; keys present: "
                         f"{np.unique(keys).tolist()[:10]}")
-    parts = (np.flatnonzero(in_group), np.flatnonzero(~in_group))
-    capacity = [_capacity(part, labels) for part in parts]
+    parts = [_cells(np.flatnonzero(mask), labels) for mask in (in_group, ~in_group)]
+    capacity = [_capacity(cells) for cells in parts]
     if total is None:
         total = _largest_total(_check_share(share), capacity[0], capacity[1])
     counts = share_counts(share, total)
@@ -75,7 +75,7 @@ def subsample_to_share(
                 f"ask for fewer (total=None takes the largest possible)"
             )
     rng = np.random.default_rng(seed)
-    chosen = [_draw(part, n, labels, rng) for part, n in zip(parts, counts)]
+    chosen = [_draw(cells, n, rng) for cells, n in zip(parts, counts)]
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
@@ -144,31 +144,30 @@ def _largest_total(exact: Fraction, group_cap: int, rest_cap: int) -> int:
     )
 
 
-def _label_split(n: int, values: np.ndarray) -> np.ndarray:
-    """Counts per sorted label value that sum to n, as even as possible, remainder first."""
-    base, remainder = divmod(n, len(values))
-    return base + (np.arange(len(values)) < remainder)
-
-
-def _capacity(part: np.ndarray, labels: np.ndarray | None) -> int:
-    """The most examples a part can give (balanced across label values when labels given)."""
+def _cells(part: np.ndarray, labels: np.ndarray | None) -> list[np.ndarray]:
+    """A part's indices by label value (every value in the data, so a missing one is empty)."""
     if labels is None:
-        return len(part)
-    values, avail = np.unique(labels[part], return_counts=True)
-    if len(values) == 0:
-        return 0
-    low = int(avail.min())
+        return [part]
+    return [part[labels[part] == value] for value in np.unique(labels)]
+
+
+def _split_counts(n: int, n_cells: int) -> np.ndarray:
+    """Counts per cell that sum to n, as even as possible, remainder to the first cells."""
+    base, remainder = divmod(n, n_cells)
+    return base + (np.arange(n_cells) < remainder)
+
+
+def _capacity(cells: list[np.ndarray]) -> int:
+    """The most examples the cells can give split by `_split_counts`."""
+    available = [len(cell) for cell in cells]
+    low = min(available)
     leading = 0
-    while leading < len(values) - 1 and avail[leading] > low:
+    while leading < len(cells) - 1 and available[leading] > low:
         leading += 1
-    return low * len(values) + leading
+    return low * len(cells) + leading
 
 
-def _draw(part: np.ndarray, n: int, labels: np.ndarray | None, rng: np.random.Generator
-          ) -> np.ndarray:
-    if labels is None:
-        return rng.choice(part, size=n, replace=False)
-    values = np.unique(labels[part])
-    cells = [part[labels[part] == v] for v in values]
+def _draw(cells: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    counts = _split_counts(n, len(cells))
     return np.concatenate([rng.choice(cell, size=int(k), replace=False)
-                           for cell, k in zip(cells, _label_split(n, values))])
+                           for cell, k in zip(cells, counts)])
