@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -53,6 +54,7 @@ def conv_configs(draw):
     return conv, (c_in,) + (size,) * dims
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(batch=batch_sizes, config=conv_configs())
 def test_conv_every_option(batch, config):

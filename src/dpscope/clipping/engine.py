@@ -125,12 +125,13 @@ class ClippingEngine:
         return _PER_LAYER["auto"]
 
     def _run(self, loss_fn, inputs, targets, clip) -> tuple[ClipResult, dict[str, torch.Tensor]]:
-        if self.strategy in _WHOLE_MODEL:
+        whole_model = _WHOLE_MODEL.get(self.strategy) if isinstance(self.strategy, str) else None
+        if whole_model is not None:
             self._bn_check()
         if inputs.shape[0] == 0:
             return self._empty(inputs), {}
-        if self.strategy in _WHOLE_MODEL:
-            return self._run_streaming(_WHOLE_MODEL[self.strategy], loss_fn, inputs, targets, clip)
+        if whole_model is not None:
+            return self._run_streaming(whole_model, loss_fn, inputs, targets, clip)
         slots = self._layer_slots()
         plan_fns = [self._plan_fn(s) for s in slots]
         key = (tuple(inputs.shape), inputs.dtype, str(inputs.device))

@@ -66,6 +66,11 @@ def run_layerwise(
     keep_graph: bool,
 ) -> tuple[ClipResult, Sums]:
     captured = capture(model, slots, loss_fn, inputs, targets, keep_graph=keep_graph)
+    with torch.no_grad():  # rules run on detached tensors; weight tensors must not be tracked
+        return _norms_and_sums(slots, plans_for, captured, inputs, clip)
+
+
+def _norms_and_sums(slots, plans_for, captured: Captured, inputs: torch.Tensor, clip: ClipRule | None) -> tuple[ClipResult, Sums]:
     plans = [_effective(p, s, c) for p, s, c in zip(plans_for(captured), slots, captured.calls)]
     batch = inputs.shape[0]
     sq_norms: dict[str, torch.Tensor] = {}
@@ -118,7 +123,9 @@ def _clipped_sums(
         sums.update({slot.full_name(n): local[n] for n in slot.param_names})
     if backward_params:
         w = weights[backward_names[0]]
-        grads = torch.autograd.grad((captured.losses * w).sum(), backward_params, allow_unused=True)
+        with torch.enable_grad():
+            weighted_loss = (captured.losses * w).sum()
+        grads = torch.autograd.grad(weighted_loss, backward_params, allow_unused=True)
         for name, p, g in zip(backward_names, backward_params, grads):
             sums[name] = torch.zeros_like(p) if g is None else g
     return sums
