@@ -16,8 +16,10 @@ def _write(path, text: str):
 
 
 def test_csv_by_index_in_any_row_order(tmp_path):
-    table = _write(tmp_path / "g.csv", "index,sex\n2,M\n0,F\n1,F\n")
+    table = _write(tmp_path / "g.csv", "\ufeffindex,sex\n2,M\n0,F\n\n1,F\n")
     assert read_group_csv(table, 3).tolist() == ["F", "F", "M"]
+    assert read_group_csv(table, 3, id_column="index", group_column="sex").tolist() == [
+        "F", "F", "M"]
 
 
 def test_csv_by_image_id_with_named_columns_ignores_other_images(tmp_path):

@@ -205,3 +205,14 @@ def test_summary_is_json_ready_with_string_keys():
     assert s["bootstrap"] == {"method": "percentile", "stratified_by": "group",
                               "n_resamples": 100, "confidence": 0.95, "seed": 0}
     assert json.loads(json.dumps(s, allow_nan=False)) == s
+
+
+def test_torch_inputs_give_the_same_summary_as_numpy():
+    import torch
+
+    y_true, y_pred, g = _random_binary(300, seed=7)
+    groups = (g == "M").astype(np.int64)
+    as_numpy = fairness_summary(y_true, y_pred, groups, n_resamples=100, seed=1)
+    as_torch = fairness_summary(torch.from_numpy(y_true), torch.from_numpy(y_pred),
+                                torch.from_numpy(groups), n_resamples=100, seed=1)
+    assert as_torch == as_numpy

@@ -115,7 +115,7 @@ def read_celeba_attributes(path: Path) -> CelebaAttributes:
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     if not path.is_file():
         raise DataError(f"{path}: no such group table; give a CSV with an id and a group column")
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # tolerate a BOM
         reader = csv.reader(handle)
         header = [h.strip() for h in next(reader, [])]
         if not header:
