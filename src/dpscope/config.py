@@ -27,7 +27,7 @@ class RunConfig(BaseModel):
     data_dir: Path | None = None
     model: str = "cnn"
     # optimisation
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=1, description="examples per step (expected size when private)")
     lr: float = Field(0.05, gt=0)
     optimizer: OptimizerName = "sgd"
