@@ -191,10 +191,18 @@ def test_count_bootstrap_matches_resampling_examples_within_groups():
     (lambda: fairness_summary([0, 1], [0, 1], ["a", "b"], confidence=95), ConfigError,
      r"confidence must lie in \(0, 1\)"),
     (lambda: fairness_summary(np.zeros((2, 2)), [0, 1], ["a", "b"]), DataError, "1-D"),
+    (lambda: fairness_summary([0, 2], [0, 1], ["a", "b"], labels=[0, 1]), DataError,
+     r"labels \[2\] occur in y_true or y_pred but not in labels=\[0, 1\]"),
 ])
 def test_errors_say_what_is_wrong(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_explicit_labels_score_a_split_without_positives():
+    s = fairness_summary([0, 0, 0], [0, 0, 1], ["a", "a", "b"], labels=[0, 1], n_resamples=0)
+    assert s["labels"] == [0, 1] and _value(s, "groups", "b", "fpr") == 1.0
+    assert _value(s, "groups", "a", "tpr") is None
 
 
 def test_summary_is_json_ready_with_string_keys():

@@ -45,7 +45,8 @@ class GroupConfusion:
     def positive_index(self, positive_label: Any) -> int:
         if positive_label not in self.labels:
             raise ConfigError(f"positive label {positive_label!r} is not among the labels "
-                              f"{list(self.labels)}")
+                              f"{list(self.labels)}; pass labels=[...] listing every class "
+                              "when a split may lack one")
         return self.labels.index(positive_label)
 
 
@@ -61,6 +62,10 @@ def group_confusion(y_true: Any, y_pred: Any, groups: Any, labels: Any = None) -
     if labels is None:
         labels = np.union1d(y_true, y_pred)
     labels = tuple(np.asarray(labels).tolist())
+    unknown = np.setdiff1d(np.union1d(y_true, y_pred), labels)
+    if len(unknown):
+        raise DataError(f"labels {unknown.tolist()[:5]} occur in y_true or y_pred but not in "
+                        f"labels={list(labels)}")
     frame = MetricFrame(
         metrics=lambda t, p: confusion_matrix(t, p, labels=list(labels)),
         y_true=y_true, y_pred=y_pred, sensitive_features=groups,
