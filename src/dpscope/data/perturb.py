@@ -1,8 +1,8 @@
 """Input perturbation: private copies of images, each mechanism with a computed guarantee.
 
 Layout: images are (N, C, H, W) arrays of pixel values in [0, pixel_max] (uint8 as the dataset
-code stores them; pixel_max is 255 for 8-bit images, 16 for scikit-learn digits), numpy or
-torch; the result has the input's library. Below, P = pixel_max, the range of one pixel value.
+code stores them; pixel_max is the dataset's full-intensity value, 255 for 8-bit images), numpy
+or torch; the result has the input's library. Below, P = pixel_max, the range of one pixel value.
 A mechanism is a frozen dataclass of its parameters with three views of one release:
 
 - `noisy(images, seed)`: the mechanism's raw output, float64, unclipped. This is what the
@@ -35,6 +35,11 @@ import torch
 
 from dpscope.errors import ConfigError, DataError
 from dpscope.io import write_bytes_atomic, write_json_atomic
+
+__all__ = [
+    "MECHANISMS", "DpPix", "Guarantee", "Mechanism", "PaperBrightnessShift", "PixelGaussian",
+    "PixelLaplace", "parse_mechanism", "perturb_dataset", "perturb_training_images",
+]
 
 PIXEL_MAX = 255.0
 """Largest pixel value; with 0 the smallest, also the range of one pixel value."""
