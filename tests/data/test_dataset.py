@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -101,3 +103,13 @@ def test_split_with_wrong_types_is_refused():
         ImageSplit(torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(DataError, match="labels must be an int64"):
         ImageSplit(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
+
+
+def test_dataset_refuses_inconsistent_fields(rgb_dataset):
+    with pytest.raises(DataError, match="class names"):
+        dataclasses.replace(rgb_dataset, class_names=("only one",))
+    with pytest.raises(DataError, match="one value per channel"):
+        dataclasses.replace(rgb_dataset, mean=(0.5,))
+    with pytest.raises(DataError, match="val images"):
+        grey = ImageSplit(torch.zeros(1, 1, 6, 6, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64))
+        dataclasses.replace(rgb_dataset, val=grey)

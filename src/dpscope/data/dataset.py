@@ -64,6 +64,16 @@ class Dataset:
     std: tuple[float, ...]
     pixel_max: float  # value of a full-intensity pixel in `images`
 
+    def __post_init__(self) -> None:
+        shape = tuple(self.train.images.shape[1:])
+        for split in ("val", "test"):
+            if tuple(getattr(self, split).images.shape[1:]) != shape:
+                raise DataError(f"{self.name}: {split} images are not {shape} (C, H, W) like the train images")
+        if len(self.class_names) != self.num_classes:
+            raise DataError(f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes")
+        if not len(self.mean) == len(self.std) == shape[0]:
+            raise DataError(f"{self.name}: mean and std need one value per channel ({shape[0]})")
+
     @property
     def in_channels(self) -> int:
         return self.train.images.shape[1]

@@ -20,8 +20,10 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, seed: int = 0
 
     `data_dir` is searched first for files and is the folder for `imagefolder`. `seed` fixes
     the split of datasets without an official one (digits, image folders, torchvision sets);
-    the same arguments always give the same Dataset.
+    the same arguments always give the same Dataset. Names are case-insensitive.
     """
+    if name.lower() in DATASETS:
+        name = name.lower()
     if name == "digits":
         return load_digits_dataset(seed)
     if name == "imagefolder":
