@@ -31,11 +31,12 @@ def run(model: nn.Module, loss_fn, x, y, strategy, clip) -> tuple[clipping.ClipR
 def check_against_references(model: nn.Module, loss_fn, x, y, strategies=LAYERWISE, clip=None) -> None:
     """Every strategy equals naive, and vmap equals naive, on norms, per-parameter norms and sums.
 
-    By default the bound is the median norm, so some examples are clipped and some are not.
+    By default the bound is the median norm (as `auto` finds it: every result is then compared
+    with naive anyway), so some examples are clipped and some are not.
     """
-    naive_norms = clipping.per_example_grad_norms(model, loss_fn, x, y, strategy="naive")
     if clip is None:
-        clip = clipping.FlatClip(float(naive_norms.median()) if naive_norms.numel() else 1.0)
+        norms = clipping.per_example_grad_norms(model, loss_fn, x, y, strategy="auto")
+        clip = clipping.FlatClip(float(norms.median()) if norms.numel() else 1.0)
     want, want_grads = run(model, loss_fn, x, y, "naive", clip)
     for strategy in ("vmap", *strategies):
         got, got_grads = run(model, loss_fn, x, y, strategy, clip)
