@@ -51,6 +51,43 @@ def test_laplace_guarantee_is_image_level_ldp_for_any_two_images():
     json.dumps(g)
 
 
+def _laplace_log_ratio(y: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, b: float):
+    """log p(y | x1) - log p(y | x2) per image for per-value Laplace(b) noise."""
+    return ((y - x2).abs() - (y - x1).abs()).sum(dim=(1, 2, 3)) / b
+
+
+def test_laplace_privacy_loss_between_most_distant_images_reaches_but_never_exceeds_epsilon():
+    mech = P.PixelLaplace(epsilon=0.5)
+    dark, bright = torch.zeros(200, 1, 4, 4), torch.full((200, 1, 4, 4), 255.0)
+    b = mech.guarantee((1, 4, 4)).noise_scale
+    loss = _laplace_log_ratio(mech.noisy(dark, 0), dark, bright, b)
+    assert loss.max() <= 0.5 + 1e-9
+    darker = torch.full((1, 1, 4, 4), -1.0)  # an output below every pixel: the worst case
+    assert _laplace_log_ratio(darker, dark[:1], bright[:1], b).item() == pytest.approx(0.5)
+
+
+def test_dp_pix_privacy_loss_for_m_changed_pixels_never_exceeds_epsilon():
+    mech = P.DpPix(epsilon=1.0, cell_size_px=2, differing_pixels=2)
+    x1 = _images(300, shape=(1, 4, 4)).double()
+    x2 = x1.clone()
+    x2[:, 0, 0, 0], x2[:, 0, 3, 3] = 255 - x2[:, 0, 0, 0], 255 - x2[:, 0, 3, 3]  # 2 pixels
+    cells = lambda x: x.reshape(-1, 1, 2, 2, 2, 2).mean(dim=(3, 5))  # noqa: E731
+    y = cells(mech.noisy(x1, 1))
+    loss = _laplace_log_ratio(y, cells(x1), cells(x2), mech.guarantee((1, 4, 4)).noise_scale)
+    assert loss.max() <= 1.0 + 1e-9
+
+
+def test_paper_mechanism_output_is_impossible_under_an_image_one_pixel_away():
+    """A uniform shift of x1 is never a uniform shift of x2: infinite privacy loss."""
+    mech = P.PaperBrightnessShift(epsilon=0.1)
+    x1 = _images(50).double()
+    x2 = x1.clone()
+    x2[:, 0, 5, 5] = (x2[:, 0, 5, 5] + 1) % 256
+    residual = mech.noisy(x1, 2) - x2  # would be one constant per image if x2 were the input
+    spread = residual.amax(dim=(1, 2, 3)) - residual.amin(dim=(1, 2, 3))
+    assert (spread > 0.5).all()
+
+
 def test_gaussian_sigma_matches_stated_std_and_ks():
     mech = P.PixelGaussian(epsilon=3.0, delta=1e-5)
     g = mech.guarantee(SHAPE)
