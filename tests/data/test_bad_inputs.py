@@ -100,7 +100,8 @@ def test_nan_labels(write_npz):
 
 
 def test_empty_split(write_npz):
-    path = write_npz(test_images=np.zeros((0, 8, 8), dtype=np.uint8), test_labels=np.zeros((0, 1), dtype=np.uint8))
+    empty_images, empty_labels = np.zeros((0, 8, 8), dtype=np.uint8), np.zeros((0, 1), dtype=np.uint8)
+    path = write_npz(test_images=empty_images, test_labels=empty_labels)
     assert "test split is empty" in _load_error(path)
 
 
@@ -111,8 +112,8 @@ def test_string_dtype_cannot_be_converted(write_npz):
 
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "objects.npz"
-    arrays = {k: np.array([object()] * 2, dtype=object) for k in ("train", "val", "test")}
-    np.savez(path, **{f"{k}_images": v for k, v in arrays.items()}, **{f"{k}_labels": v for k, v in arrays.items()})
+    objects = np.array([object()] * 2, dtype=object)
+    np.savez(path, **{f"{split}_{part}": objects for split in ("train", "val", "test") for part in ("images", "labels")})
     assert "pickled Python objects" in _load_error(path)
 
 

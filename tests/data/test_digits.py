@@ -26,8 +26,9 @@ def test_images_are_sklearn_pixels_rescaled_from_16_to_255():
     images = torch.cat([dataset.train.images, dataset.val.images, dataset.test.images]).double()
     labels = torch.cat([dataset.train.labels, dataset.val.labels, dataset.test.labels])
     # every loaded image is one of sklearn's, with its label
-    reference = {(bytes(np.rint(img * 255 / 16).astype(np.uint8).tobytes()), int(t)) for img, t in zip(bunch.images, bunch.target)}
-    loaded = {(bytes(img.to(torch.uint8).numpy().tobytes()), int(t)) for img, t in zip(images, labels)}
+    rescaled = np.rint(bunch.images * 255 / 16).astype(np.uint8)
+    reference = {(img.tobytes(), int(t)) for img, t in zip(rescaled, bunch.target)}
+    loaded = {(img.to(torch.uint8).numpy().tobytes(), int(t)) for img, t in zip(images, labels)}
     assert loaded <= reference and len(images) == len(bunch.images)
     assert int(images.max()) == 255
 

@@ -51,7 +51,8 @@ def test_replaced_norm_keeps_the_affine_part_and_normalises_per_example():
     # independent reference: GroupNorm written out by hand, 16 groups of 3 channels
     grouped = x.reshape(5, 16, -1)
     mean, var = grouped.mean(-1, keepdim=True), grouped.var(-1, unbiased=False, keepdim=True)
-    expected = ((grouped - mean) / torch.sqrt(var + 1e-5)).reshape_as(x) * scale[:, None, None] + shift[:, None, None]
+    standardised = ((grouped - mean) / torch.sqrt(var + 1e-5)).reshape_as(x)
+    expected = standardised * scale[:, None, None] + shift[:, None, None]
     torch.testing.assert_close(norm(x), expected, atol=1e-5, rtol=1e-5)
 
 

@@ -70,7 +70,9 @@ def _stack(images: list[Image.Image], paths: list[Path], grey: bool, where: Path
     arrays = []
     for image, path in zip(images, paths):
         if image.mode not in _GREY_MODES + _COLOUR_MODES:
-            raise DataError(f"{path}: image mode {image.mode} (16-bit or float) has no 8-bit form; save it as 8-bit")
+            raise DataError(
+                f"{path}: image mode {image.mode} (16-bit or float) has no 8-bit form; save it as 8-bit"
+            )
         if image.size != size:
             raise DataError(
                 f"{path}: image is {image.size[0]}x{image.size[1]} but {paths[0].name} is "
@@ -90,10 +92,11 @@ def load_imagefolder(root: str | Path, seed: int = 0) -> Dataset:
     train_root = root / "train" if has_splits else root
     class_names = tuple(folder.name for folder in _class_folders(train_root))
     present = [s for s in SPLITS if (root / s).is_dir()] if has_splits else ["train"]
-    read = {split: _read_folder(train_root if split == "train" else root / split, class_names) for split in present}
+    folders = {split: train_root if split == "train" else root / split for split in present}
+    read = {split: _read_folder(folder, class_names) for split, folder in folders.items()}
     grey = all(image.mode in _GREY_MODES for images, _, _ in read.values() for image in images)
     stacked = {
-        split: (_stack(images, paths, grey, root / split if has_splits else root), torch.tensor(labels, dtype=torch.int64))
+        split: (_stack(images, paths, grey, folders[split]), torch.tensor(labels, dtype=torch.int64))
         for split, (images, paths, labels) in read.items()
     }
     splits = _fill_missing_splits(stacked, has_splits, seed, root)
@@ -111,6 +114,10 @@ def _fill_missing_splits(stacked: dict, has_splits: bool, seed: int, root: Path)
     if has_splits:
         fractions = (1.0 - VAL_FRACTION_OF_TRAIN, VAL_FRACTION_OF_TRAIN)
         train, val = stratified_split(labels, fractions, seed)
-        return {"train": (images[train], labels[train]), "val": (images[val], labels[val]), "test": stacked["test"]}
+        return {
+            "train": (images[train], labels[train]),
+            "val": (images[val], labels[val]),
+            "test": stacked["test"],
+        }
     parts = stratified_split(labels, FLAT_FRACTIONS, seed)
     return {split: (images[index], labels[index]) for split, index in zip(SPLITS, parts)}

@@ -45,7 +45,10 @@ def load_torchvision(name: str, data_dir: str | Path | None = None, seed: int = 
     splits = {
         "train": (images[kept], labels[kept]),
         "val": (images[val], labels[val]),
-        "test": (images_to_uint8(np.asarray(test.data), where), labels_to_int64(np.asarray(test.targets), where)),
+        "test": (
+            images_to_uint8(np.asarray(test.data), where),
+            labels_to_int64(np.asarray(test.targets), where),
+        ),
     }
     source = f"{root} (torchvision {TORCHVISION_SETS[name]}, 90/10 train/val split, seed {seed})"
     return make_dataset(name, source, splits, tuple(str(c) for c in train.classes))
