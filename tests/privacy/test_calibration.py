@@ -36,11 +36,12 @@ def test_unreachable_target_names_the_fix():
 @pytest.mark.parametrize("accountant", ["pld", "rdp"])
 def test_max_steps_within_is_the_last_step_that_fits(accountant):
     done = [(0.02, 1.2, 50)]
-    k = privacy.max_steps_within(2.0, 1e-5, 0.01, 1.0, done=done, accountant=accountant)
+    k = privacy.max_steps_within(2.0, 1e-5, 0.05, 1.0, done=done, accountant=accountant)
     assert k > 0
+    assert privacy.max_steps_within(2.0, 1e-5, 0.05, 1.0, done=done, accountant=accountant, guess=k + 7) == k
 
     def eps(extra):
-        return privacy.epsilon_for_event(privacy.dp_sgd_event(done + [(0.01, 1.0, extra)]), 1e-5, accountant)
+        return privacy.epsilon_for_event(privacy.dp_sgd_event(done + [(0.05, 1.0, extra)]), 1e-5, accountant)
 
     assert eps(k) <= 2.0 < eps(k + 1)
 

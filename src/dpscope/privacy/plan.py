@@ -130,9 +130,13 @@ class PrivacyPlan:
         return self.target_epsilon if self.target_epsilon is not None else self.epsilon
 
     def steps_left(self, ledger: PrivacyLedger) -> int:
-        """Further steps at this plan's (q, sigma) that keep `ledger` within `budget_epsilon`."""
-        return max_steps_within(self.budget_epsilon, self.delta, self.sample_rate,
-                                self.noise_multiplier, done=ledger.segments, accountant=self.accountant)
+        """Further steps at this plan's (q, sigma) that keep `ledger` within `budget_epsilon`.
+
+        About a dozen accountant calls: call at the start and on resume, then count down.
+        """
+        return max_steps_within(self.budget_epsilon, self.delta, self.sample_rate, self.noise_multiplier,
+                                done=ledger.segments, accountant=self.accountant,
+                                guess=self.steps - ledger.steps)
 
     def budget_stop_message(self, ledger: PrivacyLedger) -> str:
         spent = ledger.epsilon(self.delta, self.accountant)
