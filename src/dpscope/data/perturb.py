@@ -181,7 +181,8 @@ class PixelGaussian(Mechanism):
         return math.sqrt(_n_values(image_shape)) * self.pixel_max
 
     def noise_std(self, image_shape: Sequence[int]) -> float:
-        return self.sensitivity(image_shape) * dp_accounting.get_sigma_gaussian(self.epsilon, self.delta)
+        noise_multiplier = dp_accounting.get_sigma_gaussian(self.epsilon, self.delta)
+        return self.sensitivity(image_shape) * noise_multiplier
 
     def guarantee(self, image_shape: Sequence[int]) -> Guarantee:
         shape = _shape3(image_shape)
@@ -273,8 +274,8 @@ class DpPix(Mechanism):
 class PaperBrightnessShift(Mechanism):
     """Input perturbation exactly as Singh et al. 2020's code applied it (pneumonia study).
 
-    ONE Laplace draw of scale P/epsilon (255/epsilon) per image, added to every pixel, training images
-    only. Every output is the image plus a constant, so any two images that differ other than
+    ONE Laplace draw of scale P/epsilon (255/epsilon) per image, added to every pixel,
+    training images only. Every output is the image plus a constant, so any two images that differ other than
     by a uniform brightness change can be told apart with certainty: it is NOT image-level
     privacy. Its `epsilon` is the paper's noise parameter, not a guarantee; it is epsilon-DP
     only between images that differ by a uniform shift of at most P.

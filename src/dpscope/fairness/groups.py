@@ -76,7 +76,9 @@ class CelebaAttributes:
     def groups(self, attribute: str = "Male", ids: Sequence[str] | None = None) -> np.ndarray:
         """(N,) int8 array: 1 where the attribute is present, 0 where absent, in `ids` order."""
         if attribute not in self.names:
-            raise DataError(f"CelebA has no attribute {attribute!r}; choose from {list(self.names)}")
+            raise DataError(
+                f"CelebA has no attribute {attribute!r}; choose from {list(self.names)}"
+            )
         column = (self.values[:, self.names.index(attribute)] > 0).astype(np.int8)
         if ids is None:
             return column

@@ -10,7 +10,8 @@ share is within 0.5 / total of `share` and equals it when share * total is an in
 (0.999 of 30,000 = 29,970 + 30). Without a total, the largest subset whose share is exact is
 taken (a multiple of the share's denominator: 1,000 for 0.999), or, where the data has no
 such subset, the largest rounded one. With `balance_by` (e.g. the target), each part is split as
-evenly as possible across its label values; a remainder of r goes to the r smallest values.
+evenly as possible across all label values of the data; a remainder of r goes to the r
+smallest values.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def _largest_total(exact: Fraction, group_cap: int, rest_cap: int) -> int:
     if multiples >= 1:
         return multiples * q
     # no total above these bounds can fit; rounding moves a count by at most 1/2
-    start = min(group_cap + rest_cap, int((group_cap + 1) / exact), int((rest_cap + 1) / (1 - exact)))
+    start = min(group_cap + rest_cap, int((group_cap + 1) / exact),
+                int((rest_cap + 1) / (1 - exact)))
     for total in range(start, 0, -1):
         rest = _rest_count(exact, total)
         if rest <= rest_cap and total - rest <= group_cap:

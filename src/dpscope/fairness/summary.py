@@ -18,8 +18,9 @@ def fairness_summary(
     """JSON-ready per-group metrics and gaps, each as {"value", "ci": [low, high]}.
 
     Undefined values (a rate with an empty denominator) are None. Gaps are absolute, so near
-    zero their percentile intervals lean upward and need not straddle the point estimate. `n_resamples=0` skips the
-    bootstrap (every "ci" is None). Group and label keys are strings, as JSON needs.
+    zero their percentile intervals lean upward and need not straddle the point estimate.
+    `n_resamples=0` skips the bootstrap (every "ci" is None). Group and label keys are
+    strings, as JSON needs. `labels` lists every class when a split may lack one.
     """
     confusion = group_confusion(y_true, y_pred, groups, labels)
     positive = confusion.positive_index(positive_label)
