@@ -275,10 +275,11 @@ class PaperBrightnessShift(Mechanism):
     """Input perturbation exactly as Singh et al. 2020's code applied it (pneumonia study).
 
     ONE Laplace draw of scale P/epsilon (255/epsilon) per image, added to every pixel,
-    training images only. Every output is the image plus a constant, so any two images that differ other than
-    by a uniform brightness change can be told apart with certainty: it is NOT image-level
-    privacy. Its `epsilon` is the paper's noise parameter, not a guarantee; it is epsilon-DP
-    only between images that differ by a uniform shift of at most P.
+    training images only. Every output is the image plus a constant, so any two images that
+    differ other than by a uniform brightness change can be told apart with certainty: it is
+    NOT image-level privacy. Its `epsilon` is the paper's noise parameter, not a guarantee; it
+    is epsilon-DP only between images that differ by a uniform shift of at most P. `apply`
+    clips to [0, P] (whether the paper's code clipped is not recorded); `noisy` does not.
     """
 
     epsilon: float
