@@ -7,6 +7,15 @@ with gradient, clipping and noise diagnostics, and their aggregation for deep ne
     analyze_runs([run_a, run_b], out_dir)      # figures and tables for `dpscope dynamics`
 """
 
+from dpscope.dynamics.aggregate import (
+    CleanedCurves,
+    LayerClusters,
+    clean_curves,
+    cluster_curves,
+    cluster_layers,
+    knee_index,
+)
+from dpscope.dynamics.analyze import RunDynamics, analyze_runs, dynamics_html, load_run
 from dpscope.dynamics.rwc import rwc_l1, rwc_mean_ratio
 from dpscope.dynamics.series import (
     GLOBAL_METRICS,
@@ -22,4 +31,6 @@ __all__ = [
     "rwc_l1", "rwc_mean_ratio",
     "DynamicsSeries", "LayerInfo", "LAYER_METRICS", "GLOBAL_METRICS", "block_of", "load_dynamics",
     "WeightChangeTracker", "PER_LAYER_BOUNDS_KEY",
+    "CleanedCurves", "LayerClusters", "clean_curves", "cluster_curves", "cluster_layers", "knee_index",
+    "RunDynamics", "analyze_runs", "dynamics_html", "load_run",
 ]
