@@ -278,8 +278,11 @@ class PaperBrightnessShift(Mechanism):
     training images only. Every output is the image plus a constant, so any two images that
     differ other than by a uniform brightness change can be told apart with certainty: it is
     NOT image-level privacy. Its `epsilon` is the paper's noise parameter, not a guarantee; it
-    is epsilon-DP only between images that differ by a uniform shift of at most P. `apply`
-    clips to [0, P] (whether the paper's code clipped is not recorded); `noisy` does not.
+    is epsilon-DP only between images that differ by a uniform shift of at most P. The
+    authors' script (sahibsin/DP_DeepLearning_Pneumonia, Experimental_Setup/noise_script.py)
+    draws one Laplace(0, 255/eps) value per training image, adds it to the float image and
+    writes an 8-bit JPEG, which saturates to [0, 255]: `apply` clips and rounds the same way
+    (without the JPEG re-encoding); `noisy` gives the unclipped sum.
     """
 
     epsilon: float
