@@ -1,7 +1,8 @@
 """Who pays for privacy: per-group metrics, their gaps, and imbalance controls.
 
 Groups come from a CSV table, CelebA's attribute file or the class itself (`groups`);
-`imbalance` draws training and test subsets with a chosen group share; `fairness_summary`
+`imbalance` draws training and test subsets with a chosen group share (`imbalanced_dataset`
+applies it to a loaded dataset); `fairness_summary`
 turns (y_true, y_pred, groups) into the JSON-ready `fairness` entry of a run summary.
 """
 
@@ -29,6 +30,7 @@ from dpscope.fairness.metrics import (
     per_class_accuracy,
     rates,
 )
+from dpscope.fairness.subsets import ImbalanceKey, imbalanced_dataset
 from dpscope.fairness.summary import fairness_summary
 
 __all__ = [
@@ -36,11 +38,13 @@ __all__ = [
     "RATES",
     "CelebaAttributes",
     "GroupConfusion",
+    "ImbalanceKey",
     "TestComposition",
     "fairness_summary",
     "gaps",
     "group_confusion",
     "groups_from_labels",
+    "imbalanced_dataset",
     "per_class_accuracy",
     "percentile_interval",
     "rates",
