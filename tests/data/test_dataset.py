@@ -114,3 +114,18 @@ def test_dataset_refuses_inconsistent_fields(rgb_dataset):
     with pytest.raises(DataError, match="val images"):
         grey = ImageSplit(torch.zeros(1, 1, 6, 6, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64))
         dataclasses.replace(rgb_dataset, val=grey)
+
+
+def _devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_dataset_moved_to_a_device_gives_the_same_batches_there(rgb_dataset, device):
+    moved = rgb_dataset.to(device)
+    assert moved.train.images.device.type == device and moved.train.images.dtype == torch.uint8
+    inputs, labels = moved.batch(moved.train, torch.tensor([3, 1]))
+    expected_inputs, expected_labels = rgb_dataset.batch(rgb_dataset.train, torch.tensor([3, 1]))
+    assert inputs.device.type == device
+    torch.testing.assert_close(inputs.cpu(), expected_inputs)
+    assert torch.equal(labels.cpu(), expected_labels)

@@ -8,6 +8,7 @@ training split only, so nothing about validation or test data leaks into trainin
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -42,9 +43,14 @@ class ImageSplit:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def to(self, device: torch.device | str) -> ImageSplit:
+        """This split with its tensors on `device` (images stay uint8)."""
+        groups = None if self.groups is None else self.groups.to(device)
+        return ImageSplit(self.images.to(device), self.labels.to(device), groups)
+
     def subset(self, indices) -> ImageSplit:
         """The examples at `indices` (any 1-D integer sequence or tensor), in that order."""
-        index = torch.as_tensor(indices, dtype=torch.int64)
+        index = torch.as_tensor(indices, dtype=torch.int64, device=self.images.device)
         groups = None if self.groups is None else self.groups[index]
         return ImageSplit(self.images[index], self.labels[index], groups)
 
@@ -83,6 +89,12 @@ class Dataset:
         """Side of the (square) images in pixels."""
         return self.train.images.shape[-1]
 
+    def to(self, device: torch.device | str) -> Dataset:
+        """This dataset with every split on `device`: batches are then drawn without a copy
+        from host memory (uint8 data is small enough to keep on an accelerator)."""
+        moved = {split: getattr(self, split).to(device) for split in ("train", "val", "test")}
+        return dataclasses.replace(self, **moved)
+
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """float32 (B, C, H, W): (x / pixel_max - mean) / std, per channel, for a whole batch."""
         mean = torch.tensor(self.mean, dtype=torch.float32, device=images_uint8.device).view(1, -1, 1, 1)
@@ -91,7 +103,7 @@ class Dataset:
 
     def batch(self, split: ImageSplit, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images and labels of the examples at `indices` of `split`."""
-        index = torch.as_tensor(indices, dtype=torch.int64)
+        index = torch.as_tensor(indices, dtype=torch.int64, device=split.images.device)
         return self.normalize(split.images[index]), split.labels[index]
 
 
