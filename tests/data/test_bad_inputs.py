@@ -134,3 +134,9 @@ def test_unknown_name_lists_datasets_and_folders(tmp_path):
     with pytest.raises(DataError) as info:
         load_dataset("nosuchset", data_dir=tmp_path)
     assert "digits" in str(info.value) and str(tmp_path) in str(info.value)
+
+
+def test_every_split_empty_in_an_unnamed_file(write_npz):
+    empty = {f"{split}_{part}": np.zeros((0, 8, 8) if part == "images" else (0,), dtype=np.uint8)
+             for split in ("train", "val", "test") for part in ("images", "labels")}
+    assert "train split is empty" in _load_error(write_npz("blank.npz", base=empty))

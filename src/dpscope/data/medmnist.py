@@ -92,8 +92,9 @@ def _corrupt(path: Path, error: Exception) -> DataError:
     )
 
 
-def load_npz(path: Path, name: str | None = None) -> Dataset:
+def load_npz(path: str | Path, name: str | None = None) -> Dataset:
     """A Dataset from a MedMNIST-layout `.npz`; `name` defaults to the file's stem."""
+    path = Path(path).expanduser()
     name = name or path.stem
     if name in _MULTI_LABEL:
         raise DataError(f"{path}: {name} is multi-label; dpscope trains single-label classifiers")
@@ -108,8 +109,8 @@ def load_npz(path: Path, name: str | None = None) -> Dataset:
     if name in MEDMNIST_2D:
         class_names = MEDMNIST_2D[name][1]
     else:
-        top = max(int(labels.max()) for _, labels in splits.values() if len(labels))
-        class_names = tuple(str(k) for k in range(top + 1))
+        top = max((int(labels.max()) for _, labels in splits.values() if len(labels)), default=0)
+        class_names = tuple(str(k) for k in range(max(top, 0) + 1))
     return make_dataset(name, str(path), splits, class_names)
 
 
