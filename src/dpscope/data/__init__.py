@@ -6,7 +6,7 @@ Every loader returns a `Dataset` of uint8 images with train-only normalisation s
 
 from __future__ import annotations
 
-from dpscope.data.dataset import Dataset, ImageSplit
+from dpscope.data.dataset import Dataset, ImageSplit, channel_mean_std
 from dpscope.data.imagefolder import load_imagefolder
 from dpscope.data.medmnist import MEDMNIST_2D, load_npz
 from dpscope.data.registry import DATASETS, load_dataset
@@ -17,6 +17,7 @@ __all__ = [
     "MEDMNIST_2D",
     "Dataset",
     "ImageSplit",
+    "channel_mean_std",
     "load_dataset",
     "load_imagefolder",
     "load_npz",
