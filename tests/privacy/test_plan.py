@@ -105,3 +105,15 @@ def test_check_sampler_accepts_only_the_planned_poisson_sampler():
     acknowledged = PrivacyPlan.for_noise(**BASE, noise_multiplier=1.0, sampling="shuffle",
                                          non_poisson_acknowledged=True)
     acknowledged.check_sampler(ShuffledBatchSampler(plan.dataset_size, 100))
+
+
+@pytest.mark.parametrize("kind", ["flat", "per_layer", "automatic"])
+def test_clip_rule_has_the_plans_sensitivity(kind):
+    split = tuple(privacy.equal_per_layer_split(1.0, ["a", "b", "c"]).items()) if kind == "per_layer" else None
+    plan = PrivacyPlan.for_noise(**BASE, noise_multiplier=1.0, clip_kind=kind, per_layer_max_grad_norms=split)
+    assert plan.clip_rule().sensitivity == pytest.approx(plan.max_grad_norm)
+
+
+def test_planned_event_gives_the_planned_epsilon():
+    plan = PrivacyPlan.for_noise(**BASE, noise_multiplier=1.0)
+    assert privacy.epsilon_for_event(plan.planned_event(), plan.delta) == plan.epsilon

@@ -26,7 +26,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Literal
 
 from dpscope.errors import PrivacyError
-from dpscope.privacy.accounting import ACCOUNTANTS, Accountant, _check_step, check_delta, epsilon_spent
+from dpscope.privacy.accounting import (
+    ACCOUNTANTS,
+    Accountant,
+    _check_step,
+    check_delta,
+    dp_sgd_event,
+    epsilon_spent,
+)
 from dpscope.privacy.calibration import _check_target, max_steps_within, noise_multiplier_for
 from dpscope.privacy.ledger import PrivacyLedger
 
@@ -142,6 +149,20 @@ class PrivacyPlan:
         spent = ledger.epsilon(self.delta, self.accountant)
         return (f"stopped at the privacy budget after {ledger.steps} steps: epsilon {spent:.3f} of "
                 f"{self.budget_epsilon:.3f} spent (delta {self.delta:.3g}); one more step would exceed it")
+
+    def planned_event(self) -> Any:
+        """The dp_accounting DpEvent of the planned run (`epsilon` is its epsilon at `delta`)."""
+        return dp_sgd_event([(self.sample_rate, self.noise_multiplier, self.steps)])
+
+    def clip_rule(self) -> Any:
+        """The clipping engine's rule for this plan (FlatClip, PerLayerClip or AutoClip), bound C."""
+        from dpscope import clipping  # the engine depends on torch models; keep privacy import-light
+
+        if self.clip_kind == "per_layer":
+            return clipping.PerLayerClip(dict(self.per_layer_max_grad_norms or ()))
+        if self.clip_kind == "automatic":
+            return clipping.AutoClip(self.max_grad_norm)
+        return clipping.FlatClip(self.max_grad_norm)
 
     def check_sampler(self, sampler: Any) -> None:
         """Refuse a batch sampler that is not the one this plan's epsilon was computed for.
