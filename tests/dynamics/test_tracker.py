@@ -192,3 +192,27 @@ def test_missing_dynamics_file_names_the_fix(tmp_path):
 def test_layer_info_label_and_numel():
     layer = LayerInfo("stages.0.1.conv2.weight", (16, 16, 3, 3))
     assert layer.label == "stages.0.1.conv2" and layer.numel == 2304
+
+
+def test_empty_poisson_batch_and_zero_noise_are_handled():
+    from dpscope.callbacks import LoopState
+    model = _TwoLayers()
+    state = LoopState(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), run_dir=None)
+    tracker = WeightChangeTracker(every_steps=2)
+    tracker.on_train_start(state)
+    empty = StepReport(step=1, epoch=0, batch_size=0, loss=math.nan,
+                       per_example_norms=torch.zeros(0),
+                       per_param_sq_norms={"a.weight": torch.zeros(0), "b.weight": torch.zeros(0)},
+                       max_grad_norm=1.0, noise_std=0.0,
+                       clipped_sum_norms={"a.weight": 0.0, "b.weight": 0.0})
+    full = _private_report(2, [4.0], [0.0], max_grad_norm=1.0, noise_std=0.0,
+                           clipped_sum_norms={"a.weight": 1.0, "b.weight": 0.0})
+    for report in (empty, full):
+        state.step = report.step
+        tracker.on_step_end(state, report)
+    s = tracker.series()
+    assert s.points[0]["examples"] == 1
+    assert s.matrix("grad_norm")[:, 0].tolist() == [2.0, 0.0]
+    assert s.global_metrics["clipped_fraction"] == [1.0]
+    nts = s.matrix("noise_to_signal")[:, 0]
+    assert nts[0] == 0.0 and np.isnan(nts[1])  # 0/0 for a layer with no signal and no noise

@@ -46,8 +46,9 @@ from dpscope.errors import DataError
 __all__ = ["WeightChangeTracker", "PER_LAYER_BOUNDS_KEY"]
 
 PER_LAYER_BOUNDS_KEY = "per_layer_max_grad_norms"
-_SUMS = ("grad", "share", "layer_clipped", "noise", "signal")  # (L,) float64 running sums
-_COUNTS = ("steps", "examples", "grad_count", "clip_examples", "bounded_examples")
+_SUMS = ("grad", "share", "layer_clipped")  # (L,) float64 running sums on the model's device
+_COUNTS = ("steps", "examples", "grad_count", "clip_examples", "bounded_examples", "noise_steps",
+           "noise_std")
 
 
 class WeightChangeTracker(Callback):
@@ -78,6 +79,7 @@ class WeightChangeTracker(Callback):
             raise DataError("the model has no trainable weight to track; "
                             "turn dynamics tracking off for this model")
         self._params = [p for _, p in named]
+        self._sqrt_numel = torch.tensor([p.numel() for p in self._params], dtype=torch.float64).sqrt()
         device = self._params[0].device
         layers = [LayerInfo(n, tuple(p.shape)) for n, p in named]
         if self._pending is not None:
@@ -132,6 +134,7 @@ class WeightChangeTracker(Callback):
             "series": self._series.to_state(),
             "snapshot": [s.detach().to("cpu", copy=True) for s in self._snapshot],
             "sums": {k: v.detach().to("cpu", copy=True) for k, v in self._sums.items()},
+            "signal": self._signal.clone(),
             "counts": {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
                        for k, v in self._counts.items()},
             "sources": sorted(self._sources),
@@ -150,6 +153,7 @@ class WeightChangeTracker(Callback):
         self._snapshot = [s.to(device=device, dtype=p.dtype, copy=True)
                           for s, p in zip(state["snapshot"], self._params)]
         self._sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self._signal = state["signal"].clone()
         self._counts = {k: v.to(device) if isinstance(v, torch.Tensor) else v
                         for k, v in state["counts"].items()}
         self._sources = set(state["sources"])
@@ -160,18 +164,23 @@ class WeightChangeTracker(Callback):
         self._sums = {k: torch.zeros(n, dtype=torch.float64, device=device) for k in _SUMS}
         self._counts = {k: 0 for k in _COUNTS}
         self._counts["clipped"] = torch.zeros((), dtype=torch.float64, device=device)
+        self._counts["noise_std"] = 0.0
+        # the clipped-sum norms arrive as Python floats: summed on the host, no device copy
+        self._signal = torch.zeros(n, dtype=torch.float64)
         self._sources = set()
 
     def _stacked_sq_norms(self, report: StepReport) -> torch.Tensor | None:
         if report.per_param_sq_norms is None or report.batch_size == 0:
             return None
-        missing = torch.full((report.batch_size,), math.nan, dtype=torch.float64,
-                             device=self._sums["grad"].device)
-        return torch.stack([report.per_param_sq_norms.get(layer.name, missing)
-                            .to(device=missing.device, dtype=torch.float64)
-                            for layer in self._series.layers])
+        found = [report.per_param_sq_norms.get(layer.name) for layer in self._series.layers]
+        like = next(t for t in report.per_param_sq_norms.values())
+        missing = torch.full_like(like, math.nan)
+        stacked = torch.stack([missing if t is None else t for t in found])  # (L, B)
+        return stacked.detach().to(self._sums["grad"].device, torch.float64)
 
     def _accumulate_grad_norms(self, report: StepReport, sq: torch.Tensor | None) -> None:
+        if report.batch_size == 0:
+            return
         if sq is not None:
             self._sums["grad"] += sq.sqrt().sum(dim=1)
             self._counts["grad_count"] += report.batch_size
@@ -209,10 +218,10 @@ class WeightChangeTracker(Callback):
     def _accumulate_noise(self, report: StepReport) -> None:
         if report.noise_std is None or report.clipped_sum_norms is None:
             return
-        noise = [report.noise_std * math.sqrt(layer.numel) for layer in self._series.layers]
-        signal = [report.clipped_sum_norms.get(layer.name, math.nan) for layer in self._series.layers]
-        self._sums["noise"] += torch.tensor(noise, dtype=torch.float64, device=self._sums["noise"].device)
-        self._sums["signal"] += torch.tensor(signal, dtype=torch.float64, device=self._sums["signal"].device)
+        self._counts["noise_steps"] += 1
+        self._counts["noise_std"] += report.noise_std
+        self._signal += torch.tensor([report.clipped_sum_norms.get(layer.name, math.nan)
+                                      for layer in self._series.layers], dtype=torch.float64)
 
     # -- per interval (O(weights), one host sync) -------------------------------------------
     def _record(self, epoch: int, step: int) -> None:
@@ -234,7 +243,8 @@ class WeightChangeTracker(Callback):
             "clipped_share": sums["share"] / clipped if clipped else nan,
             "clipped_fraction_per_layer": (sums["layer_clipped"] / counts["bounded_examples"]
                                            if counts["bounded_examples"] else nan),
-            "noise_to_signal": sums["noise"] / sums["signal"] if sums["noise"].any() else nan,
+            "noise_to_signal": (counts["noise_std"] * self._sqrt_numel / self._signal
+                                if counts["noise_steps"] else nan),
         }
         for name, value in values.items():
             series.layer_metrics[name].append(value if isinstance(value, list) else value.cpu().tolist())
