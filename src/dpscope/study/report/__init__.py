@@ -11,11 +11,11 @@ from pathlib import Path
 from dpscope.io import write_text_atomic
 from dpscope.study.report.data import RunView, StudyData, load_study
 from dpscope.study.report.page import render_page
-from dpscope.study.report.sections import Section, register_section, sections
+from dpscope.study.report.sections import Section, register_section, registered_sections
 
 REPORT_FILE = "report.html"
 
-__all__ = ["build_report", "register_section", "sections", "Section", "StudyData", "RunView",
+__all__ = ["build_report", "register_section", "registered_sections", "Section", "StudyData", "RunView",
            "load_study", "REPORT_FILE"]
 
 
@@ -26,7 +26,7 @@ def build_report(study_dir: Path) -> Path:
     matplotlib.use("Agg", force=False)
     study = load_study(Path(study_dir))
     parts = []
-    for section in sections():
+    for section in registered_sections():
         fragment = section.resolve()(study)
         if fragment:
             parts.append((section.name, section.title, fragment))

@@ -77,22 +77,24 @@ def privacy_utility_section(study: StudyData) -> str | None:
 
 
 def per_class_section(study: StudyData) -> str | None:
-    fig = per_class_figure(study.series())
-    if fig is None:
-        return None
-    img = study.figure("per_class_accuracy", fig, "per-class test accuracy against epsilon")
-    caption = ("Test accuracy of each class, mean over seeds. Privacy usually costs the "
-               "smaller and harder classes most.")
-    return f"<h2>Per-class accuracy</h2>{_figure_block(img, caption)}"
+    return _figure_section(
+        study, "Per-class accuracy", "per_class_accuracy", per_class_figure(study.series()),
+        "per-class test accuracy against epsilon",
+        "Test accuracy of each class, mean over seeds. Privacy usually costs the smaller and "
+        "harder classes most.")
 
 
 def training_curves_section(study: StudyData) -> str | None:
-    fig = training_curves_figure(study.series())
+    return _figure_section(
+        study, "Training curves", "training_curves", training_curves_figure(study.series()),
+        "validation accuracy per epoch",
+        "Validation accuracy after each epoch: mean over seeds, band from lowest to highest.")
+
+
+def _figure_section(study: StudyData, title: str, name: str, fig, alt: str, caption: str) -> str | None:
     if fig is None:
         return None
-    img = study.figure("training_curves", fig, "validation accuracy per epoch")
-    caption = "Validation accuracy after each epoch: mean over seeds, band from lowest to highest."
-    return f"<h2>Training curves</h2>{_figure_block(img, caption)}"
+    return f"<h2>{title}</h2>{_figure_block(study.figure(name, fig, alt), caption)}"
 
 
 def dynamics_section(study: StudyData) -> str | None:

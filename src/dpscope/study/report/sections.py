@@ -44,7 +44,7 @@ _SECTIONS: list[Section] = [
 ]
 
 
-def sections() -> list[Section]:
+def registered_sections() -> list[Section]:
     """The registered sections, in page order."""
     return list(_SECTIONS)
 

@@ -1,0 +1,116 @@
+"""The study report: self-contained HTML, figures on disk and embedded, pluggable sections,
+built from the store and run folders only; and the `runs` / `report` / `study` commands."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from study_test_helpers import HAS_PRIVATE
+from typer.testing import CliRunner
+
+from dpscope.cli import app
+from dpscope.study import build_report, register_section
+from dpscope.study.report import sections as section_registry
+
+FIGURES = ["per_class_accuracy", "training_curves"] + (["privacy_utility"] if HAS_PRIVATE else [])
+
+
+@pytest.fixture
+def report(tiny_study, monkeypatch):
+    """The report of the tiny study, built with training disabled (it must never retrain)."""
+    import dpscope.train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report must not train")
+
+    monkeypatch.setattr(dpscope.train, "train", refuse)
+    monkeypatch.setattr(dpscope.train, "resume", refuse)
+    return build_report(tiny_study)
+
+
+def embedded_images(page: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_report_is_self_contained(report):
+    page = report.read_text()
+    assert "<script" not in page
+    references = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert references and all(r.startswith(("data:", "#")) for r in references)
+
+
+def test_every_figure_is_written_as_png_and_embedded(report):
+    page = report.read_text()
+    embedded = embedded_images(page)
+    for name in FIGURES:
+        data = (report.parent / "figures" / f"{name}.png").read_bytes()
+        assert data in embedded
+        pixels = imread(io.BytesIO(data))
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 300
+        assert pixels[..., :3].std() > 0.05, f"{name}.png looks blank"
+
+
+def test_report_has_the_runs_table_and_environment(report, tiny_study):
+    page = report.read_text()
+    for run_id in ("nonprivate-seed0", "nonprivate-seed1"):
+        assert f"<code>{run_id}</code>" in page
+    import torch
+
+    environment = page[page.index('id="environment"'):]
+    assert torch.__version__ in environment and "dpscope" in environment
+    assert 'id="environment"' in page and 'id="runs"' in page
+    assert ('id="privacy-utility"' in page) == HAS_PRIVATE
+
+
+@pytest.fixture
+def restore_sections():
+    saved = list(section_registry._SECTIONS)
+    yield
+    section_registry._SECTIONS[:] = saved
+
+
+def test_a_registered_section_plugs_in_and_an_empty_one_is_left_out(tiny_study, restore_sections):
+    register_section("extra", "Extra things", lambda study: f"<h2>Extra</h2><p>{len(study.runs)} runs</p>")
+    register_section("nothing", "Nothing here", lambda study: None)
+    page = build_report(tiny_study).read_text()
+    assert '<a href="#extra">Extra things</a>' in page
+    assert page.index('id="extra"') < page.index('id="runs"')
+    assert "Nothing here" not in page
+
+
+def test_runs_command_prints_a_table_and_json(tiny_study):
+    runner = CliRunner()
+    table = runner.invoke(app, ["runs", str(tiny_study)])
+    assert table.exit_code == 0, table.output
+    assert "nonprivate-seed0" in table.output and "finished" in table.output
+    listing = runner.invoke(app, ["runs", str(tiny_study), "--json"])
+    rows = json.loads(listing.stdout)
+    assert {r["status"] for r in rows} == {"finished"}
+    assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
+
+
+def test_report_command_writes_the_report(tiny_study):
+    result = CliRunner().invoke(app, ["report", str(tiny_study)])
+    assert result.exit_code == 0, result.output
+    assert (tiny_study / "report.html").exists()
+
+
+def test_commands_give_one_line_errors_and_exit_code_2(tmp_path, monkeypatch):
+    from dpscope.console import err_console
+
+    monkeypatch.setattr(err_console, "width", 1000)  # rich wraps at the terminal's width
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[grid]\nepochs = [1, "many"]\n')
+    runner = CliRunner()
+    for args, text in ((["study", str(bad)], "line 3: grid.epochs[1]"),
+                       (["runs", str(tmp_path)], "not a study folder"),
+                       (["report", str(tmp_path)], "not a study folder")):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert text in result.stderr and len(result.stderr.strip().splitlines()) == 1
