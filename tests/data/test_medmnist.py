@@ -107,3 +107,16 @@ def test_official_checksums_are_well_formed_md5s():
 def test_multi_label_chestmnist_is_refused(write_npz):
     with pytest.raises(DataError, match="multi-label"):
         load_npz(write_npz("chestmnist.npz"))
+
+
+def test_search_order_is_data_dir_env_shared_then_cache(tmp_path, monkeypatch):
+    project = tmp_path / "elsewhere" / "proj"
+    (project / "sub").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("")
+    monkeypatch.chdir(project / "sub")
+    monkeypatch.setenv("DPSCOPE_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folders = search_dirs(tmp_path / "given")
+    assert folders[:2] == [tmp_path / "given", tmp_path / "env"]
+    assert tmp_path / "elsewhere" / "shared" / "data" in folders[2:-1]  # beside the CWD's project
+    assert folders[-1] == tmp_path / "cache" / "dpscope"

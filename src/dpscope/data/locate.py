@@ -1,8 +1,9 @@
 """Where dataset files are looked for, and the checked download of a missing one.
 
 Search order for a file name: `data_dir` (when given), `$DPSCOPE_DATA`, the `shared/data`
-folder beside the project root (the root found from this package's source and from the working
-directory), then the download cache (`$XDG_CACHE_HOME/dpscope` or `~/.cache/dpscope`).
+folder beside the project root (the root found from this package's source, and from the
+working directory: its nearest ancestor with a pyproject.toml, else the working directory
+itself), then the download cache (`$XDG_CACHE_HOME/dpscope` or `~/.cache/dpscope`).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def search_dirs(data_dir: str | Path | None) -> list[Path]:
     candidates = [Path(data_dir)] if data_dir is not None else []
     if os.environ.get("DPSCOPE_DATA"):
         candidates.append(Path(os.environ["DPSCOPE_DATA"]))
-    for start in (Path(__file__).resolve().parent, Path.cwd().resolve()):
-        root = _project_root(start)
+    package_root = _project_root(Path(__file__).resolve().parent)
+    cwd = Path.cwd().resolve()
+    for root in (package_root, _project_root(cwd) or cwd):
         if root is not None:
             candidates.append(root.parent / "shared" / "data")
     candidates.append(cache_dir())
