@@ -55,7 +55,8 @@ def test_planted_enormous_example_moves_update_at_most_c_over_qn(strategy, rule_
     inputs = torch.randn(5, 1, 6, 6, generator=generator, dtype=torch.float64)
     targets = torch.tensor([0, 1, 2, 3, 0])
     planted = 1e6 * torch.randn(1, 1, 6, 6, generator=generator, dtype=torch.float64)
-    with_planted = _noiseless_update(strategy, rule_name, torch.cat([inputs, planted]), torch.cat([targets, targets[:1]]))
+    with_planted = _noiseless_update(strategy, rule_name, torch.cat([inputs, planted]),
+                                     torch.cat([targets, targets[:1]]))
     without = _noiseless_update(strategy, rule_name, inputs, targets)
     alone = _noiseless_update(strategy, rule_name, planted, targets[:1])
     assert torch.linalg.vector_norm(with_planted - without) <= BOUND * (1 + 1e-9)

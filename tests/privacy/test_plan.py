@@ -40,7 +40,8 @@ def test_describe_states_guarantee_and_assumptions():
 def test_non_poisson_sampler_is_refused_unless_acknowledged_then_flagged():
     with pytest.raises(PrivacyError, match="not Poisson"):
         PrivacyPlan.for_noise(**BASE, noise_multiplier=1.0, sampling="shuffle")
-    plan = PrivacyPlan.for_noise(**BASE, noise_multiplier=1.0, sampling="shuffle", non_poisson_acknowledged=True)
+    plan = PrivacyPlan.for_noise(**BASE, noise_multiplier=1.0, sampling="shuffle",
+                                 non_poisson_acknowledged=True)
     assert plan.describe().startswith("WARNING") and "ASSUMES Poisson" in plan.describe()
 
 
@@ -78,7 +79,8 @@ def test_per_layer_split_keeps_total_sensitivity_c():
 
 def test_json_round_trip():
     split = tuple(privacy.equal_per_layer_split(1.0, ["a", "b"]).items())
-    plan = PrivacyPlan.for_noise(**BASE, noise_multiplier=1.3, clip_kind="per_layer", per_layer_max_grad_norms=split)
+    plan = PrivacyPlan.for_noise(**BASE, noise_multiplier=1.3, clip_kind="per_layer",
+                                 per_layer_max_grad_norms=split)
     assert PrivacyPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
 
 
@@ -109,7 +111,9 @@ def test_check_sampler_accepts_only_the_planned_poisson_sampler():
 
 @pytest.mark.parametrize("kind", ["flat", "per_layer", "automatic"])
 def test_clip_rule_has_the_plans_sensitivity(kind):
-    split = tuple(privacy.equal_per_layer_split(1.0, ["a", "b", "c"]).items()) if kind == "per_layer" else None
+    split = None
+    if kind == "per_layer":
+        split = tuple(privacy.equal_per_layer_split(1.0, ["a", "b", "c"]).items())
     plan = PrivacyPlan.for_noise(**BASE, noise_multiplier=1.0, clip_kind=kind, per_layer_max_grad_norms=split)
     assert plan.clip_rule().sensitivity == pytest.approx(plan.max_grad_norm)
 

@@ -12,12 +12,13 @@ parameters; the clipping engine sets it, possibly accumulated over physical chun
 
 Edge cases:
 
-| situation | what happens | why |
-| --- | --- | --- |
-| `requires_grad=False` | skipped (no noise, no update) | frozen, never released |
-| `.grad is None` (empty batch, unused layer) | treated as a zero sum, still noised | the accountant assumes every step releases a noised sum of every trainable coordinate; skipping noise would release an exact zero and reveal that no example touched it |
-| sigma = 0 | no noise; the ledger records sigma 0 (epsilon inf) | debugging only |
-| dropped coordinates (gradient dropping) | neither gradient nor noise | a data-independent mask: releasing fewer noised coordinates costs no extra privacy |
+- `requires_grad=False`: skipped (no noise, no update); frozen, never released.
+- `.grad is None` (empty batch, unused layer): a zero sum, still noised. The accountant assumes
+  every step releases a noised sum of every trainable coordinate; skipping the noise would
+  release an exact zero and reveal that no example of the batch touched that parameter.
+- sigma = 0: no noise, and the ledger records sigma 0 (epsilon inf); for debugging only.
+- dropped coordinates (gradient dropping): neither gradient nor noise; the mask is data
+  independent, and releasing fewer noised coordinates costs no extra privacy.
 
 Gradient dropping (Adamczewski et al. 2023): `drop_rule(step)` returns, per parameter name, a
 boolean mask of the coordinates to UPDATE at this step; it must not look at private data. With
@@ -89,7 +90,9 @@ class DPOptimizer(torch.optim.Optimizer):
         for name, param in self._trainable():
             clipped_sum = param.grad if param.grad is not None else torch.zeros_like(param)
             self._clipped_sum_norms[name] = torch.linalg.vector_norm(clipped_sum)
-            noisy = (clipped_sum + self.noise.like(param, self.noise_std)) if self.noise_std > 0 else clipped_sum
+            noisy = clipped_sum
+            if self.noise_std > 0:
+                noisy = clipped_sum + self.noise.like(param, self.noise_std)
             update = noisy / self.expected_batch_size
             if name in masks:
                 update = torch.where(masks[name].to(update.device), update, torch.zeros_like(update))

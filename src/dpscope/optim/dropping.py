@@ -16,7 +16,9 @@ from dpscope.errors import ConfigError
 from dpscope.optim.dp_optimizer import DropRule
 
 
-def random_drop_rule(param_shapes: Mapping[str, torch.Size], keep_fraction: float, *, seed: int = 0) -> DropRule:
+def random_drop_rule(
+    param_shapes: Mapping[str, torch.Size], keep_fraction: float, *, seed: int = 0
+) -> DropRule:
     """Each step, keep each coordinate independently with probability `keep_fraction`.
 
     `param_shapes` maps parameter names (as given to DPOptimizer's `param_names`) to shapes.
@@ -27,6 +29,7 @@ def random_drop_rule(param_shapes: Mapping[str, torch.Size], keep_fraction: floa
 
     def rule(step: int) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
-        return {name: torch.rand(shape, generator=generator) < keep_fraction for name, shape in shapes.items()}
+        return {name: torch.rand(shape, generator=generator) < keep_fraction
+                for name, shape in shapes.items()}
 
     return rule

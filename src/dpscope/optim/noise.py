@@ -58,7 +58,8 @@ class GaussianNoise:
             draws = torch.from_numpy(secure_standard_normal(tensor.numel()))
             return (draws * std).reshape(tensor.shape).to(device=tensor.device, dtype=tensor.dtype)
         generator = self._generator(tensor.device)
-        return torch.normal(0.0, std, tensor.shape, generator=generator, device=tensor.device, dtype=tensor.dtype)
+        return torch.normal(0.0, std, tensor.shape, generator=generator,
+                            device=tensor.device, dtype=tensor.dtype)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)

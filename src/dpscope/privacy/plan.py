@@ -186,15 +186,18 @@ class PrivacyPlan:
 
     def describe(self) -> str:
         """A short statement of the guarantee and what it rests on, for a reviewer."""
+        target = f", target epsilon {self.target_epsilon:g}" if self.target_epsilon is not None else ""
+        split = self.per_layer_max_grad_norms
         lines = [
             f"({self.epsilon:.3g}, {self.delta:.3g})-DP for each example "
-            f"(add/remove one; {self.accountant.upper()} accountant via dp_accounting)"
-            + (f", target epsilon {self.target_epsilon:g}" if self.target_epsilon is not None else ""),
+            f"(add/remove one; {self.accountant.upper()} accountant via dp_accounting){target}",
             f"data: N={self.dataset_size:,}; {self.sampling} sampling at q={self.sample_rate:.4g} "
-            f"(expected batch {self.expected_batch_size:.1f}); {self.steps:,} steps = {self.epochs:.3g} epochs",
+            f"(expected batch {self.expected_batch_size:.1f}); "
+            f"{self.steps:,} steps = {self.epochs:.3g} epochs",
             f"clipping: {self.clip_kind}, every example's gradient norm <= C={self.max_grad_norm:g}"
-            + (f" (split over {len(self.per_layer_max_grad_norms)} layers)" if self.per_layer_max_grad_norms else ""),
-            f"noise: sigma={self.noise_multiplier:.4g}, std sigma*C={self.noise_std:.4g} per summed coordinate, "
+            + (f" (split over {len(split)} layers)" if split else ""),
+            f"noise: sigma={self.noise_multiplier:.4g}, std sigma*C={self.noise_std:.4g} "
+            "per summed coordinate, "
             "once per step; update = (sum + noise) / (q N)",
             "noise source: " + ("OS CSPRNG (os.urandom), not reproducible" if self.secure_rng
                                 else "seeded torch generator (reproducible, not cryptographically secure)"),
