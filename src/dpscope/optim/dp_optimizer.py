@@ -102,7 +102,11 @@ class DPOptimizer(torch.optim.Optimizer):
         self.steps_taken += 1
 
     def fill_report(self, report: StepReport) -> None:
-        """Put this step's noise std, C and per-parameter clipped-sum norms (before noise) in `report`."""
+        """Put this step's noise std, C and per-parameter clipped-sum norms (before noise) in `report`.
+
+        The clipped-sum norms are computed from private data WITHOUT noise: they are diagnostics
+        for the researcher, and publishing them is outside the accounted guarantee.
+        """
         report.noise_std = self.noise_std
         report.max_grad_norm = self.max_grad_norm
         report.clipped_sum_norms = {name: float(norm) for name, norm in self._clipped_sum_norms.items()}
