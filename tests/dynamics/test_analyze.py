@@ -107,3 +107,9 @@ def test_analyze_without_runs_or_with_empty_dynamics_is_refused(tmp_path):
     DynamicsSeries(layers=[LayerInfo("fc.weight", (2, 2))]).save(tmp_path / "empty")
     with pytest.raises(DataError, match="no recorded interval"):
         analyze_runs([tmp_path / "empty"], tmp_path / "out")
+
+
+def test_a_k_too_large_for_a_run_names_the_run(two_runs, tmp_path):
+    from dpscope.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"runs/a: k=40 is out of range"):
+        analyze_runs(two_runs, tmp_path / "out", k=40)

@@ -34,7 +34,7 @@ from dpscope.dynamics.plots import (block_curves_figure, cluster_curves_figure, 
                                     comparison_figure, figure_base64, privacy_figure,
                                     rwc_heatmap_figure, save_figure)
 from dpscope.dynamics.series import LAYER_METRICS, DynamicsSeries, block_of, load_dynamics
-from dpscope.errors import DataError
+from dpscope.errors import DataError, DpscopeError
 from dpscope.io import write_json_atomic, write_text_atomic
 
 __all__ = ["RunDynamics", "load_run", "analyze_runs", "dynamics_html"]
@@ -126,7 +126,10 @@ def _analyse(run_dirs: Sequence[Path], k: int | None, drop_first_last: bool, met
     _unique_names_and_labels(runs)
     results = []
     for run in runs:
-        clusters = cluster_layers(run.series, metric=metric, k=k, drop_first_last=drop_first_last)
+        try:
+            clusters = cluster_layers(run.series, metric=metric, k=k, drop_first_last=drop_first_last)
+        except DpscopeError as error:  # name the run: the same k may suit one run and not another
+            raise type(error)(f"{run.run_dir}: {error}") from None
         results.append((run, clusters, _run_figures(run, clusters, metric)))
     comparison = comparison_figure([(run.label, run.series) for run in runs], metric=metric)
     return results, comparison
