@@ -75,6 +75,8 @@ def _train_or_resume(task: RunTask) -> tuple[dict[str, Any], int | None]:
     if folder.has_checkpoint():
         epoch = int(folder.load_checkpoint()["epoch"])
         return resume(folder.path), epoch
+    # a run killed before its first checkpoint starts again; drop the epoch line it may have left
+    folder.metrics_path.unlink(missing_ok=True)
     return train(config, run_dir=folder.path), None
 
 

@@ -65,6 +65,8 @@ class RichStudyProgress:
         line = (f"{result.already_finished + len(result.finished)}/{result.total} runs finished "
                 f"in {result.study_dir} ({result.wall_seconds:.1f} s)")
         self.console.print(f"[bold]study[/bold] {line}", highlight=False)
+        if result.already_finished + len(result.finished):
+            self.console.print(f"report: dpscope report {result.study_dir}", highlight=False)
         if result.failed:
             self.console.print(f"[red]{len(result.failed)} failed[/red]: {', '.join(result.failed)}; "
                                "rerun with --retry-failed", highlight=False)

@@ -3,6 +3,13 @@
 Re-running the same spec continues it: finished runs are skipped, runs a killed study left
 behind resume from their checkpoints, failed runs are reported and retried only when asked.
 One study process at a time per study folder (a lock file says so).
+
+The study folder (default `studies_out/<name>/` under the working directory, or `--out`):
+
+    study.toml          the spec as last run
+    results.sqlite      the results store (runs, epoch_metrics)
+    runs/<run id>/      one run folder per run (config.json, metrics.jsonl, summary.json, ...)
+    report.html         written by `dpscope report`, with figures/*.png
 """
 
 from __future__ import annotations
@@ -96,7 +103,8 @@ def run_study(spec: StudySpec, study_dir: Path | None = None, *, workers: int = 
 def _execute(store: ResultsStore, study_dir: Path, todo: list[PlannedRun], workers: int,
              backend_name: BackendName, progress: StudyProgress, result: StudyResult) -> None:
     backend = open_backend(backend_name, min(workers, len(todo)))
-    progress.start(result.total, result.already_finished, len(todo), backend.slots, backend.threads)
+    threads = max(run.config.threads or backend.threads for run in todo)
+    progress.start(result.total, result.already_finished, len(todo), backend.slots, threads)
     queue = list(todo)
     in_flight: dict[Future, PlannedRun] = {}
     try:
