@@ -42,6 +42,7 @@ def spec_error(text: str) -> str:
     ('name = "a"\n[grid]\nepsilon = [3, -1]\n', "grid.epsilon[1]", 3),
     ('name = "a"\n[grid]\nepsilon = [3]\n[[variants]]\nmodel = "cnn"\n[[variants]]\nepsilon = 2\n',
      "variants[1].epsilon", 7),
+    ('name = "a"\n[[variants]]\nmodel = "cnn"\nseed = 3\n', "variants[0].seed", 4),
     ('name = "a"\n[base]\nnoise_multiplier = 1.0\n[grid]\nepsilon = [3]\n', "base.noise_multiplier", 3),
 ])
 def test_invalid_spec_error_names_field_and_line(text, field, line):

@@ -78,7 +78,7 @@ class StudySpec:
         axes = [(k, v) for k, v in self.grid.items() if k != "seed"]
         variants = self.variants or [("", {})]
         planned: list[PlannedRun] = []
-        seen: dict[str, dict[str, Any]] = {}
+        seen: set[str] = set()
         for seed in seeds:
             for variant_name, variant in variants:
                 for point in itertools.product(*(values for _, values in axes)):
@@ -88,7 +88,7 @@ class StudySpec:
                     if identifier in seen:
                         raise self._error(("grid",), f"two runs get the id {identifier!r}; "
                                           "make the grid values or variant names distinct")
-                    seen[identifier] = values
+                    seen.add(identifier)
                     planned.append(PlannedRun(identifier, self._run_config(identifier, values, variant),
                                               len(planned)))
         return planned
@@ -186,7 +186,10 @@ def _variants(path: Path, text: str, variants: list[dict[str, Any]], grid: dict[
         options = {k: v for k, v in raw.items() if k != "name"}
         checked = {}
         for key, value in options.items():
-            if key in grid or (key in _SEED_ALIASES and "seed" in grid):
+            if key in _SEED_ALIASES:
+                raise spec_error(path, text, ("variants", index, key),
+                                 "every variant runs at every seed; set seed in [base] or [grid]")
+            if key in grid:
                 raise spec_error(path, text, ("variants", index, key),
                                  "also set in [grid]; set it in one place")
             checked[key] = _option(path, text, ("variants", index, key), key, value, spec_dir)

@@ -21,9 +21,6 @@ __all__ = ["build_report", "register_section", "registered_sections", "Section",
 
 def build_report(study_dir: Path) -> Path:
     """Write the report of the study in `study_dir` and return its path."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     study = load_study(Path(study_dir))
     parts = []
     for section in registered_sections():
