@@ -216,3 +216,13 @@ def test_empty_poisson_batch_and_zero_noise_are_handled():
     assert s.global_metrics["clipped_fraction"] == [1.0]
     nts = s.matrix("noise_to_signal")[:, 0]
     assert nts[0] == 0.0 and np.isnan(nts[1])  # 0/0 for a layer with no signal and no noise
+
+
+def test_resume_with_another_interval_is_refused():
+    model, opt, state = new_run()
+    tracker = WeightChangeTracker(every_steps=5)
+    tracker.on_train_start(state)
+    other = WeightChangeTracker()
+    other.load_state_dict(tracker.state_dict())
+    with pytest.raises(Exception, match="every 5 step"):
+        other.on_train_start(state)

@@ -86,7 +86,7 @@ class WeightChangeTracker(Callback):
             self._restore(self._pending, layers, device)
             self._pending = None
             return
-        unit, every = ("step", self.every_steps) if self.every_steps else ("epoch", 1)
+        unit, every = self._interval()
         self._series = DynamicsSeries(layers=layers, interval_unit=unit, interval_every=every)
         self._snapshot = [p.detach().clone() for p in self._params]
         self._reset(device)
@@ -114,6 +114,9 @@ class WeightChangeTracker(Callback):
     def on_train_end(self, state: LoopState, summary: dict[str, Any]) -> None:
         if self._series is not None and self.autosave and state.run_dir is not None:
             summary["dynamics_file"] = self.save(state.run_dir).name
+
+    def _interval(self) -> tuple[str, int]:
+        return ("step", self.every_steps) if self.every_steps else ("epoch", 1)
 
     # -- results ----------------------------------------------------------------------------
     def series(self) -> DynamicsSeries:
@@ -149,6 +152,11 @@ class WeightChangeTracker(Callback):
         if series.layers != layers:
             raise DataError("the checkpoint's dynamics were recorded for other layers than "
                             "this model has; resume with the model the run was started with")
+        wanted = self._interval()
+        if (series.interval_unit, series.interval_every) != wanted:
+            raise DataError(f"the checkpoint's dynamics were recorded every "
+                            f"{series.interval_every} {series.interval_unit}(s), not every "
+                            f"{wanted[1]} {wanted[0]}(s); resume with the run's own interval")
         self._series = series
         self._snapshot = [s.to(device=device, dtype=p.dtype, copy=True)
                           for s, p in zip(state["snapshot"], self._params)]
