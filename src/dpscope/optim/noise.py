@@ -10,17 +10,16 @@ reproducible by design. Caveat: like every floating-point Gaussian sampler, it i
 discrete Gaussian of Canonne et al. 2020; float64 keeps the representational gaps far below the
 noise scale, which is what practical libraries accept.
 
-Cost of the secure path (2-core CPU VM of this project, 2026-11, 10M coordinates, i.e. a ResNet-18
-step): about 0.5 s, against about 0.06 s seeded; measure with
-    python -m dpscope.optim.noise 10000000
+Cost of the secure path, 10M coordinates (one ResNet-18 step), on this project's 2-core CPU VM
+while other jobs kept it busy (load ~6): 1.35 s, against 0.095 s seeded (about half of it is
+os.urandom, half the float64 Box-Muller arithmetic). Repeat with
+    python -m dpscope.optim.bench_noise 10000000
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -77,19 +76,3 @@ class GaussianNoise:
         self._generators = {}
         for key, generator_state in state["generators"].items():
             self._generator(torch.device(key)).set_state(generator_state)
-
-
-def _benchmark(count: int, repeats: int = 3) -> None:
-    """Print seconds per `count` noise coordinates, seeded vs secure (best of `repeats`)."""
-    target = torch.empty(count)
-    for name, noise in (("seeded", GaussianNoise(seed=0)), ("secure", GaussianNoise(secure=True))):
-        best = math.inf
-        for _ in range(repeats):
-            start = time.perf_counter()
-            noise.like(target, 1.0)
-            best = min(best, time.perf_counter() - start)
-        print(f"{name:>6}: {best:.3f} s for {count:,} coordinates ({count / best / 1e6:.1f} M/s)")
-
-
-if __name__ == "__main__":
-    _benchmark(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000_000)
