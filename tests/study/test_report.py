@@ -114,3 +114,17 @@ def test_commands_give_one_line_errors_and_exit_code_2(tmp_path, monkeypatch):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert text in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_layer_dynamics_section_appears_for_runs_that_recorded_them(tmp_path):
+    from study_test_helpers import TINY_NONPRIVATE, write_spec
+
+    from dpscope.study import load_spec, run_study
+
+    body = TINY_NONPRIVATE.replace("epochs = 2", "epochs = 3\ntrack_dynamics = true").replace(
+        "seed = [0, 1]", "seed = [0]").replace("lr = [0.05, 0.2]", "lr = [0.2]")
+    result = run_study(load_spec(write_spec(tmp_path, "dyn", body)), tmp_path / "study")
+    page = build_report(result.study_dir).read_text()
+    dynamics = page[page.index('<section id="dynamics">'):page.index('<section id="runs">')]
+    assert "Layer-wise learning dynamics" in dynamics and "data:image/png;base64," in dynamics
