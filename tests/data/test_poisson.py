@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from dpscope.data.poisson import PoissonSampler, ShuffledBatchSampler, physical_chunks
@@ -43,23 +45,27 @@ def test_empty_batches_are_valid_index_tensors():
     assert physical_chunks(empty[0], 4) == []
 
 
+def _take(sampler, count):
+    """The next `count` batches, across epoch boundaries."""
+    batches = []
+    while len(batches) < count:
+        for batch in sampler.epoch_batches():
+            batches.append(batch.tolist())
+            if len(batches) == count:
+                break
+    return batches
+
+
 @pytest.mark.parametrize("make", [lambda: PoissonSampler(50, 0.1, seed=7),
                                   lambda: ShuffledBatchSampler(50, 8, seed=7)])
 def test_resume_mid_epoch_reproduces_the_exact_sequence(make):
-    reference = make()
-    expected = [b.tolist() for _ in range(3) for b in reference.epoch_batches()]
+    total = 3 * len(make())
+    expected = _take(make(), total)
     sampler = make()
-    seen = []
-    for batch in sampler.epoch_batches():
-        seen.append(batch.tolist())
-        if len(seen) == 3:
-            break
-    state = sampler.state_dict()
+    seen = _take(sampler, 3)
     resumed = make()
-    resumed.load_state_dict(state)
-    while len(seen) < len(expected):
-        seen.extend(b.tolist() for b in resumed.epoch_batches())
-    assert seen == expected
+    resumed.load_state_dict(sampler.state_dict())
+    assert seen + _take(resumed, total - 3) == expected
     assert resumed.epoch == 3
 
 
@@ -98,3 +104,14 @@ def test_bad_arguments_and_mismatched_state_are_refused():
     state = PoissonSampler(10, 0.5).state_dict()
     with pytest.raises(ConfigError, match="sample_rate"):
         PoissonSampler(10, 0.25).load_state_dict(state)
+
+
+@settings(max_examples=15, deadline=None)
+@given(stop=st.integers(0, 29), q=st.sampled_from([0.1, 0.25, 0.5]), seed=st.integers(0, 2**31))
+def test_resume_after_any_number_of_batches_continues_the_same_sequence(stop, q, seed):
+    expected = _take(PoissonSampler(20, q, seed=seed), 30)
+    sampler = PoissonSampler(20, q, seed=seed)
+    seen = _take(sampler, stop)
+    resumed = PoissonSampler(20, q, seed=0)
+    resumed.load_state_dict(sampler.state_dict())
+    assert seen + _take(resumed, 30 - stop) == expected
