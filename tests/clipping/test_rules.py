@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from dpscope.clipping.rules import conv as conv_rule
 from dpscope.models.vit import ClassToken, PositionEmbedding
-from tests.clipping.oracle import check_against_references
+from tests.clipping.oracle import assert_close, check_against_references
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
 
@@ -60,7 +61,15 @@ def conv_configs(draw):
 def test_conv_every_option(batch, config):
     torch.manual_seed(1)
     conv, in_shape = config
-    check_layer(conv, torch.randn(batch, *in_shape))
+    x = torch.randn(batch, *in_shape)
+    check_layer(conv, x)
+    if batch == 0:  # the engine never calls a rule on an empty batch
+        return
+    d = torch.randn_like(conv(x))
+    want = conv_rule.per_example_grads(conv, x, d)  # checked against naive just above
+    for method in (conv_rule.batched_grads, conv_rule.crb_grads):
+        for name, g in method(conv, x, d).items():
+            assert_close(name, g, want[name], method.__name__)
 
 
 @SETTINGS

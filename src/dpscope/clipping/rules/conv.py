@@ -6,7 +6,9 @@ A convolution is a linear layer applied at every output position t to the input 
 ghost norm applies with positions t (Lee & Kifer 2021; Li et al. 2022). `crb_grads` gets the
 per-example kernel gradients as ONE grouped convolution one dimension higher (Rochette et al.
 2019): channels-in-group become a depth axis, groups = B*G, stride and dilation swap roles.
-The weighted sum runs the ordinary weight-gradient kernel on w_i-scaled output gradients.
+`batched_grads` runs the layer's own weight-gradient kernel once with the batch folded into
+the groups (the fastest way to materialise when there are many positions). The weighted sum
+runs the ordinary weight-gradient kernel on w_i-scaled output gradients.
 """
 
 from __future__ import annotations
@@ -117,17 +119,39 @@ def ghost_sq_norms(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     return norms
 
 
+def _weight_grad(layer: Conv, a: torch.Tensor, d: torch.Tensor, groups_per_group: int = 1) -> torch.Tensor:
+    """The layer's own weight-gradient kernel; with groups_per_group = B the batch is folded
+    into the channels (input (1, B*C, ...), output gradient (1, B*out, ...), groups B*G), so the
+    result (B*out, C/G, k...) holds every example's kernel gradient."""
+    dims = len(layer.kernel_size)
+    symmetric = layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
+    x, padding = (a, list(layer.padding)) if symmetric else (_padded(layer, a), [0] * dims)
+    if groups_per_group > 1:
+        x = x.reshape(1, -1, *x.shape[2:])
+        d = d.reshape(1, -1, *d.shape[2:])
+    shape = (layer.out_channels * groups_per_group, *layer.weight.shape[1:])
+    weight = layer.weight.new_empty(()).expand(shape)  # only its shape is read
+    _, grad, _ = torch.ops.aten.convolution_backward(
+        d, x, weight, None, list(layer.stride), padding, list(layer.dilation),
+        False, [0] * dims, layer.groups * groups_per_group, [False, True, False],
+    )
+    return grad
+
+
+def batched_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
+    """Per-example kernel gradients from one weight-gradient call with the batch as groups:
+    as fast as the non-private weight gradient when there are many positions."""
+    grads = {"weight": _weight_grad(layer, a, d, a.shape[0]).view(a.shape[0], *layer.weight.shape)}
+    if layer.bias is not None:
+        grads["bias"] = _bias_grads(layer, d)
+    return grads
+
+
 def weighted_grad_sum(layer: Conv, a: torch.Tensor, d: torch.Tensor, weights: Grads) -> Grads:
     sums = {}
-    dims = len(layer.kernel_size)
     if "weight" in weights:
-        scaled = d * weights["weight"].view(-1, *([1] * (dims + 1)))
-        symmetric = layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
-        x, padding = (a, list(layer.padding)) if symmetric else (_padded(layer, a), [0] * dims)
-        _, sums["weight"], _ = torch.ops.aten.convolution_backward(
-            scaled, x, layer.weight, None, list(layer.stride), padding, list(layer.dilation),
-            False, [0] * dims, layer.groups, [False, True, False],
-        )
+        scaled = d * weights["weight"].view(-1, *([1] * (d.dim() - 1)))
+        sums["weight"] = _weight_grad(layer, a, scaled)
     if "bias" in weights and layer.bias is not None:
         sums["bias"] = weights["bias"] @ _bias_grads(layer, d)
     return sums
@@ -141,4 +165,4 @@ def costs(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> tuple[float, float]:
     return float(ghost), float(tokens * p * q * layer.groups)
 
 
-RULE = LayerRule("conv", per_example_grads, ghost_sq_norms, weighted_grad_sum, costs, crb_grads)
+RULE = LayerRule("conv", per_example_grads, ghost_sq_norms, weighted_grad_sum, costs, crb_grads, batched_grads)

@@ -21,9 +21,9 @@ from dpscope.clipping.strategies.plans import MATERIALIZED, LayerPlan, PlanFn
 Sums = dict[str, torch.Tensor]
 
 
-def _materialized(slot: LayerSlot, calls: list[LayerCall], crb: bool) -> Grads:
+def _materialized(slot: LayerSlot, calls: list[LayerCall], method: str = "materialize") -> Grads:
     rule = slot.rule
-    fn = rule.crb_grads if crb and rule.crb_grads is not None else rule.per_example_grads
+    fn = {"crb": rule.crb_grads, "batched": rule.batched_grads}.get(method) or rule.per_example_grads
     total: Grads = {}
     for c in calls:
         for name, g in fn(slot.module, c.inputs, c.grad).items():
@@ -82,7 +82,7 @@ def _norms_and_sums(slots, plans_for, captured: Captured, inputs: torch.Tensor, 
         if plan.norm == "ghost":
             local = slot.rule.ghost_sq_norms(slot.module, calls[0].inputs, calls[0].grad)
         else:
-            stored[i] = _materialized(slot, calls, crb=plan.norm == "crb")
+            stored[i] = _materialized(slot, calls, plan.norm)
             local = {n: flat_sq_norm(g) for n, g in stored[i].items()}
         sq_norms.update({slot.full_name(n): local[n] for n in slot.param_names})
     norms = torch.stack(list(sq_norms.values())).sum(0).sqrt() if sq_norms else inputs.new_zeros(batch)
@@ -118,7 +118,7 @@ def _clipped_sums(
         if total != "stored" and slot.rule.weighted_grad_sum is not None:
             local = _contraction(slot, calls, local_w)
         else:
-            grads = stored[i] if i in stored else _materialized(slot, calls, crb=False)
+            grads = stored[i] if i in stored else _materialized(slot, calls)
             local = {n: weighted_example_sum(grads[n], local_w[n]) for n in slot.param_names}
         sums.update({slot.full_name(n): local[n] for n in slot.param_names})
     if backward_params:

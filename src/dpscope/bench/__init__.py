@@ -1,0 +1,1 @@
+"""Benchmarks as library functions: the CLI (`dpscope bench ...`) and benchmarks/ scripts call these."""
