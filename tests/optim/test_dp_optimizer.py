@@ -129,3 +129,17 @@ def test_unknown_optimizer_kind_and_closure_are_refused():
     _, opt = _model_and_optimizer("sgd", seed=0)
     with pytest.raises(ValueError, match="closure"):
         opt.step(lambda: 0.0)
+
+
+def test_a_step_without_fresh_clipped_sums_is_refused():
+    param = torch.nn.Parameter(torch.zeros(3))
+    opt = DPOptimizer(torch.optim.SGD([param], lr=0.1), noise_multiplier=1.0, max_grad_norm=1.0,
+                      sample_rate=0.1, dataset_size=100)
+    param.grad = torch.ones(3)
+    opt.step()
+    with pytest.raises(RuntimeError, match="zero_grad"):
+        opt.step()  # .grad is still the noised update of the last step
+    assert opt.ledger.steps == 1
+    opt.zero_grad()
+    opt.step()
+    assert opt.ledger.steps == 2

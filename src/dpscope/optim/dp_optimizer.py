@@ -16,6 +16,8 @@ Edge cases:
 - `.grad is None` (empty batch, unused layer): a zero sum, still noised. The accountant assumes
   every step releases a noised sum of every trainable coordinate; skipping the noise would
   release an exact zero and reveal that no example of the batch touched that parameter.
+- `.grad` still the previous step's update (zero_grad forgotten): RuntimeError, before any
+  parameter changes; it would otherwise be noised again as if it were a clipped sum.
 - sigma = 0: no noise, and the ledger records sigma 0 (epsilon inf); for debugging only.
 - dropped coordinates (gradient dropping): neither gradient nor noise; the mask is data
   independent, and releasing fewer noised coordinates costs no extra privacy.
@@ -28,6 +30,7 @@ or its value), which is post-processing of earlier releases.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -62,6 +65,7 @@ class DPOptimizer(torch.optim.Optimizer):
         self.steps_taken = 0
         self._names = {id(p): name for name, p in (param_names or {}).items()}
         self._clipped_sum_norms: dict[str, torch.Tensor] = {}
+        self._last_updates: dict[str, weakref.ref] = {}  # the grads step() wrote, to catch reuse
 
     @classmethod
     def from_plan(cls, optimizer: torch.optim.Optimizer, plan: PrivacyPlan, **options: Any) -> "DPOptimizer":
@@ -86,6 +90,8 @@ class DPOptimizer(torch.optim.Optimizer):
             raise ValueError("DPOptimizer.step takes no closure: set p.grad to the clipped sum first")
         self._check_settings()
         masks = self.drop_rule(self.steps_taken) if self.drop_rule is not None else {}
+        for name, param in self._trainable():
+            self._refuse_stale_grad(name, param)  # all checked before any is changed
         self._clipped_sum_norms = {}
         for name, param in self._trainable():
             clipped_sum = param.grad if param.grad is not None else torch.zeros_like(param)
@@ -97,6 +103,7 @@ class DPOptimizer(torch.optim.Optimizer):
             if name in masks:
                 update = torch.where(masks[name].to(update.device), update, torch.zeros_like(update))
             param.grad = update
+            self._last_updates[name] = weakref.ref(update)
         self.original_optimizer.step()
         self.ledger.record_step(self.sample_rate, self.noise_multiplier)
         self.steps_taken += 1
@@ -129,6 +136,14 @@ class DPOptimizer(torch.optim.Optimizer):
         self.ledger.segments[:] = PrivacyLedger.from_dict(state_dict["ledger"]).segments
         self.steps_taken = state_dict["steps_taken"]
         self.noise_multiplier, self.sample_rate = state_dict["noise_multiplier"], state_dict["sample_rate"]
+
+    def _refuse_stale_grad(self, name: str, param: torch.Tensor) -> None:
+        last = self._last_updates.get(name)
+        if param.grad is not None and last is not None and param.grad is last():
+            raise RuntimeError(
+                f"{name}.grad still holds the previous step's noised update; call zero_grad() and "
+                "compute the clipped sum again before each step()"
+            )
 
     def _trainable(self) -> Iterable[tuple[str, torch.Tensor]]:
         index = 0
