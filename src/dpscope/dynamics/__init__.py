@@ -16,6 +16,16 @@ from dpscope.dynamics.aggregate import (
     knee_index,
 )
 from dpscope.dynamics.analyze import RunDynamics, analyze_runs, dynamics_html, load_run
+from dpscope.dynamics.plots import (
+    block_curves_figure,
+    cluster_curves_figure,
+    cluster_map_figure,
+    comparison_figure,
+    figure_base64,
+    privacy_figure,
+    rwc_heatmap_figure,
+    save_figure,
+)
 from dpscope.dynamics.rwc import rwc_l1, rwc_mean_ratio
 from dpscope.dynamics.series import (
     GLOBAL_METRICS,
@@ -33,4 +43,6 @@ __all__ = [
     "WeightChangeTracker", "PER_LAYER_BOUNDS_KEY",
     "CleanedCurves", "LayerClusters", "clean_curves", "cluster_curves", "cluster_layers", "knee_index",
     "RunDynamics", "analyze_runs", "dynamics_html", "load_run",
+    "rwc_heatmap_figure", "block_curves_figure", "cluster_curves_figure", "cluster_map_figure",
+    "comparison_figure", "privacy_figure", "save_figure", "figure_base64",
 ]
