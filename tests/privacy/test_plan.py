@@ -121,3 +121,11 @@ def test_clip_rule_has_the_plans_sensitivity(kind):
 def test_planned_event_gives_the_planned_epsilon():
     plan = PrivacyPlan.for_noise(**BASE, noise_multiplier=1.0)
     assert privacy.epsilon_for_event(plan.planned_event(), plan.delta) == plan.epsilon
+
+
+def test_epsilon_is_computed_never_trusted():
+    plan = PrivacyPlan.for_target(**BASE, target_epsilon=2.0, delta=1e-5)
+    with pytest.raises(PrivacyError, match="for_target"):
+        dataclasses.replace(plan, noise_multiplier=plan.noise_multiplier * 0.8)
+    tampered = {**plan.to_dict(), "epsilon": 0.001}
+    assert PrivacyPlan.from_dict(tampered).epsilon == plan.epsilon

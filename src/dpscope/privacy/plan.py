@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any, Iterable, Literal
 
 from dpscope.errors import PrivacyError
@@ -66,7 +67,6 @@ class PrivacyPlan:
     max_grad_norm: float  # C: bound on each example's clipped gradient norm (all parameters)
     noise_multiplier: float  # sigma: noise std per summed coordinate is sigma * C
     delta: float
-    epsilon: float  # what the planned run spends, by `accountant`
     target_epsilon: float | None = None  # None when the noise was given rather than calibrated
     accountant: Accountant = "pld"
     clip_kind: ClipKind = "flat"
@@ -80,14 +80,24 @@ class PrivacyPlan:
         _check_step(self.sample_rate, self.noise_multiplier, self.steps)
         if not 0 < self.max_grad_norm < math.inf:
             raise PrivacyError(f"max_grad_norm must be finite and > 0, got {self.max_grad_norm}; e.g. 1.0")
-        if self.target_epsilon is not None:
-            _check_target(self.target_epsilon)
         self._check_clipping()
         if self.sampling != "poisson" and not self.non_poisson_acknowledged:
             raise PrivacyError(
                 f"sampling={self.sampling!r} is not Poisson, but the accountant's epsilon assumes Poisson "
-                "sampling; use the Poisson sampler, or acknowledge_non_poisson=True to report it anyway"
+                "sampling; use the Poisson sampler, or non_poisson_acknowledged=True to report it anyway"
             )
+        if self.target_epsilon is not None:
+            _check_target(self.target_epsilon)
+            if self.epsilon > self.target_epsilon:
+                raise PrivacyError(
+                    f"noise_multiplier {self.noise_multiplier:g} spends epsilon {self.epsilon:.4g} > target "
+                    f"{self.target_epsilon:g}; build the plan with PrivacyPlan.for_target to calibrate it"
+                )
+
+    @cached_property
+    def epsilon(self) -> float:
+        """What the planned run spends at `delta`, by `accountant` (computed, never stored)."""
+        return epsilon_spent(self.noise_multiplier, self.sample_rate, self.steps, self.delta, self.accountant)
 
     @classmethod
     def for_target(cls, *, dataset_size: int, expected_batch_size: float, epochs: float,
@@ -97,9 +107,8 @@ class PrivacyPlan:
         _check_target(target_epsilon)
         sample_rate, steps, delta = _schedule(dataset_size, expected_batch_size, epochs, delta, accountant)
         sigma = noise_multiplier_for(target_epsilon, delta, sample_rate, steps, accountant)
-        epsilon = epsilon_spent(sigma, sample_rate, steps, delta, accountant)
         return cls(dataset_size=dataset_size, sample_rate=sample_rate, steps=steps,
-                   max_grad_norm=max_grad_norm, noise_multiplier=sigma, delta=delta, epsilon=epsilon,
+                   max_grad_norm=max_grad_norm, noise_multiplier=sigma, delta=delta,
                    target_epsilon=target_epsilon, accountant=accountant, **options)
 
     @classmethod
@@ -108,10 +117,9 @@ class PrivacyPlan:
                   accountant: Accountant = "pld", **options: Any) -> "PrivacyPlan":
         """Use the given sigma and compute the epsilon the run will spend."""
         sample_rate, steps, delta = _schedule(dataset_size, expected_batch_size, epochs, delta, accountant)
-        epsilon = epsilon_spent(noise_multiplier, sample_rate, steps, delta, accountant)
         return cls(dataset_size=dataset_size, sample_rate=sample_rate, steps=steps,
                    max_grad_norm=max_grad_norm, noise_multiplier=noise_multiplier, delta=delta,
-                   epsilon=epsilon, accountant=accountant, **options)
+                   accountant=accountant, **options)
 
     @property
     def expected_batch_size(self) -> float:
@@ -208,11 +216,13 @@ class PrivacyPlan:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON: the fields, plus the computed epsilon for readers (ignored by from_dict)."""
+        return {**asdict(self), "epsilon": self.epsilon}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PrivacyPlan":
         data = dict(data)
+        data.pop("epsilon", None)  # recomputed from the fields, never trusted
         if data.get("per_layer_max_grad_norms") is not None:
             data["per_layer_max_grad_norms"] = tuple(tuple(item) for item in data["per_layer_max_grad_norms"])
         return cls(**data)
