@@ -47,10 +47,14 @@ def runs_table(rows: list[dict[str, Any]], title: str) -> Table:
     table.add_column("status")
     for name in ("epsilon", "test acc", "test auc", "seconds"):
         table.add_column(name, justify="right")
+    errors = any(row["error"] for row in rows)
+    if errors:
+        table.add_column("error", overflow="fold")
     for row in rows:
         style = _STATUS_STYLE.get(row["status"], "")
         epsilon = "non-private" if row["target_epsilon"] is None and row["epsilon"] is None \
             else fmt(row["epsilon"], 2)
-        table.add_row(row["id"], f"[{style}]{row['status']}[/{style}]", epsilon,
-                      fmt(row["test_accuracy"]), fmt(row["test_auc"]), fmt(row["seconds"], 1))
+        cells = [row["id"], f"[{style}]{row['status']}[/{style}]", epsilon,
+                 fmt(row["test_accuracy"]), fmt(row["test_auc"]), fmt(row["seconds"], 1)]
+        table.add_row(*cells, *([row["error"] or ""] if errors else []))
     return table
