@@ -38,3 +38,9 @@ def test_figures_of_a_one_point_two_layer_run_are_written(tmp_path):
     assert not list(path.parent.glob(".*.tmp"))  # the atomic write left no temporary file
     assert len(figure_base64(cluster_map_figure(clusters))) > 1000
     assert len(figure_base64(comparison_figure([("x", series)]))) > 1000
+
+
+def test_depth_ranges_compress_consecutive_depths():
+    from dpscope.dynamics.plots import depth_ranges
+    assert depth_ranges([7, 0, 1, 2, 5, 8]) == "0–2, 5, 7–8"
+    assert depth_ranges(np.array([3])) == "3"

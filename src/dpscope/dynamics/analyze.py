@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 
 from dpscope.dynamics.aggregate import LayerClusters, cluster_layers
 from dpscope.dynamics.plots import (block_curves_figure, cluster_curves_figure, cluster_map_figure,
-                                    comparison_figure, figure_base64, privacy_figure,
+                                    comparison_figure, depth_ranges, figure_base64, privacy_figure,
                                     rwc_heatmap_figure, save_figure)
 from dpscope.dynamics.series import LAYER_METRICS, DynamicsSeries, block_of, load_dynamics
 from dpscope.errors import DataError, DpscopeError
@@ -235,10 +235,11 @@ _CAPTIONS = {
 
 
 def _cluster_depths(clusters: LayerClusters) -> str:
-    return "; ".join(f"{c}: {', '.join(str(d) for d in clusters.depths[clusters.labels == c])}"
+    return "; ".join(f"{c}: {depth_ranges(clusters.depths[clusters.labels == c])}"
                      for c in range(clusters.k))
 
 
 def _img(fig: Figure, caption: str) -> str:
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,'
+    return (f'<figure><img style="max-width:100%" alt="{html.escape(caption)}" '
+            f'src="data:image/png;base64,'
             f'{figure_base64(fig)}"><figcaption>{html.escape(caption)}</figcaption></figure>')

@@ -243,15 +243,21 @@ def _blocks(names: Sequence[str]) -> list[str]:
     return blocks
 
 
-def _describe_members(members: Sequence[int], names: Sequence[str]) -> str:
-    """'depths 0-2, 5: stages.0.0.conv, …' - the depths in runs, then the first names."""
-    runs, start = [], members[0]
-    for prev, cur in zip(members, list(members[1:]) + [None]):
+def depth_ranges(depths: Sequence[int]) -> str:
+    """Sorted depths as runs: [0, 1, 2, 5, 7, 8] -> '0–2, 5, 7–8'."""
+    depths = sorted(int(d) for d in depths)
+    runs, start = [], depths[0]
+    for prev, cur in zip(depths, depths[1:] + [None]):
         if cur != prev + 1:
             runs.append(f"{start}" if start == prev else f"{start}–{prev}")
             start = cur
+    return ", ".join(runs)
+
+
+def _describe_members(members: Sequence[int], names: Sequence[str]) -> str:
+    """'depth 0–2, 5: stages.0.0.conv, …' - the depths in runs, then the first names."""
     first = ", ".join(names[i] for i in members[:2]) + (", …" if len(members) > 2 else "")
-    return f"depth {', '.join(runs)}: {first}"
+    return f"depth {depth_ranges(members)}: {first}"
 
 
 def _shared_layer_labels(runs: Sequence[tuple[str, DynamicsSeries]]) -> list[str] | None:
