@@ -86,7 +86,7 @@ def rwc_heatmap_figure(series: DynamicsSeries, *, metric: str = "rwc_mean_ratio"
     image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="magma",
                       norm=_positive_log_norm(values), interpolation="nearest")
     ax.set_yticks(range(layers), _labels(series.layers), fontsize=7 if layers > 20 else 8)
-    ticks = np.unique(np.linspace(0, points - 1, min(points, 10)).round().astype(int))
+    ticks = np.arange(0, points, -(-points // 10))  # at most 10 evenly spaced labels
     ax.set_xticks(ticks, [str(t) for t in series.time_axis()[ticks]])
     ax.set_xlabel(_time_label(series))
     ax.set_ylabel("layer (depth: name)")
