@@ -226,3 +226,25 @@ def test_resume_with_another_interval_is_refused():
     other.load_state_dict(tracker.state_dict())
     with pytest.raises(Exception, match="every 5 step"):
         other.on_train_start(state)
+
+
+def test_with_per_layer_bounds_an_example_is_clipped_if_any_parameter_is():
+    from dpscope.callbacks import LoopState
+    model = _TwoLayers()
+    state = LoopState(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), run_dir=None)
+    tracker = WeightChangeTracker(every_steps=1)
+    tracker.on_train_start(state)
+    # example norms 2, 1, 1: none above max_grad_norm=3, but per-layer bounds clip the first
+    # (layer a: 2 > 1) and the third (an untracked bias: 1 > 0.5)
+    sq = {"a.weight": torch.tensor([4.0, 0.25, 0.0]), "b.weight": torch.tensor([0.0, 0.75, 0.0]),
+          "b.bias": torch.tensor([0.0, 0.0, 1.0])}
+    report = StepReport(step=1, epoch=0, batch_size=3, loss=0.0, per_param_sq_norms=sq,
+                        max_grad_norm=3.0,
+                        extra={PER_LAYER_BOUNDS_KEY: {"a.weight": 1.0, "b.weight": 1.0, "b.bias": 0.5}})
+    state.step = 1
+    tracker.on_step_end(state, report)
+    s = tracker.series()
+    assert s.global_metrics["clipped_fraction"] == [pytest.approx(2 / 3)]
+    assert s.matrix("clipped_fraction_per_layer")[:, 0] == pytest.approx([1 / 3, 0.0])
+    # shares: example 0 is all layer a; example 2 is all the bias
+    assert s.matrix("clipped_share")[:, 0] == pytest.approx([0.5, 0.0])

@@ -13,9 +13,11 @@ interval from the loop's `StepReport`s (meanings in `series.LAYER_METRICS`):
   holds a clipped, possibly noised sum, which is not comparable).
 - `clipped_fraction` (one value for the model): with flat clipping, an example is clipped as
   a whole, so this is the fraction of the interval's examples with gradient norm above
-  `max_grad_norm`. Per layer, `clipped_share` says where the clipped examples' gradient lies:
-  the mean over clipped examples of ||g_i,layer||^2 / ||g_i||^2 (shares over all parameters
-  sum to 1). NaN in an interval with no clipped example.
+  `max_grad_norm`; with per-layer clipping (below), the fraction of examples with any
+  parameter's gradient over that parameter's bound. Per layer, `clipped_share` says where
+  the clipped examples' gradient lies: the mean over clipped examples of
+  ||g_i,layer||^2 / ||g_i||^2 (shares over all parameters sum to 1). NaN in an interval
+  with no clipped example.
 - `clipped_fraction_per_layer`: with per-layer clipping, the step reports the bounds as
   `StepReport.extra["per_layer_max_grad_norms"]` (parameter name -> bound); this is then the
   fraction of examples whose layer norm exceeds its bound. NaN otherwise.
@@ -201,27 +203,41 @@ class WeightChangeTracker(Callback):
             self._sources.add("batch_mean_gradient")
 
     def _accumulate_clipping(self, report: StepReport, sq: torch.Tensor | None) -> None:
-        if report.max_grad_norm is None or report.batch_size == 0:
+        if report.batch_size == 0:
             return
+        device = self._sums["grad"].device
         norms = report.per_example_norms
         if norms is None and report.per_param_sq_norms is not None:
             norms = torch.stack(list(report.per_param_sq_norms.values())).sum(0).sqrt()
-        if norms is None:
+        bounds = report.extra.get(PER_LAYER_BOUNDS_KEY)
+        if bounds is not None and report.per_param_sq_norms is not None:
+            clipped = self._count_per_layer_clipping(report, bounds, sq)
+        elif report.max_grad_norm is not None and norms is not None:
+            clipped = norms.detach().to(device, torch.float64) > report.max_grad_norm  # (B,)
+        else:
             return
-        norms = norms.detach().to(self._sums["grad"].device, torch.float64)
-        clipped = norms > report.max_grad_norm  # (B,)
         self._counts["clip_examples"] += report.batch_size
         self._counts["clipped"] += clipped.sum()
-        if sq is None:
+        if sq is None or norms is None:
             return
+        norms = norms.detach().to(device, torch.float64)
         weights = clipped / norms.square().clamp(min=torch.finfo(torch.float64).tiny)  # (B,)
         self._sums["share"] += sq @ weights
-        bounds = report.extra.get(PER_LAYER_BOUNDS_KEY)
-        if bounds is not None:
+
+    def _count_per_layer_clipping(self, report: StepReport, bounds: dict[str, float],
+                                  sq: torch.Tensor | None) -> torch.Tensor:
+        """Per-layer clipping: counts per tracked layer; returns which examples had any
+        parameter (tracked or not) over its own bound, i.e. were clipped somewhere."""
+        device = self._sums["grad"].device
+        names = [n for n in report.per_param_sq_norms if n in bounds]
+        all_sq = torch.stack([report.per_param_sq_norms[n] for n in names]).to(device, torch.float64)
+        all_limits = torch.tensor([bounds[n] for n in names], dtype=torch.float64, device=device)
+        if sq is not None:
             limit = torch.tensor([bounds.get(layer.name, math.nan) for layer in self._series.layers],
-                                 dtype=torch.float64, device=sq.device)
+                                 dtype=torch.float64, device=device)
             self._sums["layer_clipped"] += (sq > limit.square()[:, None]).sum(dim=1)
             self._counts["bounded_examples"] += report.batch_size
+        return (all_sq > all_limits.square()[:, None]).any(dim=0)  # (B,)
 
     def _accumulate_noise(self, report: StepReport) -> None:
         if report.noise_std is None or report.clipped_sum_norms is None:
