@@ -231,3 +231,21 @@ def test_wrong_loss_shape_is_explained():
     model, (x, y) = small_model(), batch(3)
     with pytest.raises(clipping.LossShapeError, match="reduction='none'"):
         clipping.per_example_grad_norms(model, lambda o, t: F.cross_entropy(o, t), x, y)
+
+
+def test_inplace_activation_and_a_layer_whose_input_does_not_depend_on_the_batch_inputs():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3)
+            self.act = nn.ReLU(inplace=True)
+            self.bias_net = nn.Linear(2, 3)  # fed by a constant: its gradient never reaches the inputs
+            self.out = nn.Linear(27, 3)
+
+        def forward(self, x):
+            h = self.act(self.conv(x)).flatten(1)  # in-place on the conv's output
+            return self.out(h) + self.bias_net(torch.ones(x.shape[0], 2))
+
+    torch.manual_seed(0)
+    x, y = batch(4)
+    check_against_references(Net(), xent, x, y)

@@ -67,7 +67,7 @@ def test_conv_every_option(batch, config):
         return
     d = torch.randn_like(conv(x))
     want = conv_rule.per_example_grads(conv, x, d)  # checked against naive just above
-    for method in (conv_rule.batched_grads, conv_rule.crb_grads):
+    for method in (conv_rule.batched_grads, conv_rule.crb_grads, conv_rule.fastest_grads):
         for name, g in method(conv, x, d).items():
             assert_close(name, g, want[name], method.__name__)
 

@@ -25,7 +25,7 @@ from dpscope.clipping.result import ClipResult
 from dpscope.clipping.rules._common import flat_sq_norm, weighted_example_sum
 from dpscope.clipping.checks import check_losses
 from dpscope.clipping.strategies import auto, bookkeeping, crb, ghost, materialize, naive, vmap
-from dpscope.clipping.strategies.layerwise import decide_plans, run_layerwise
+from dpscope.clipping.strategies.layerwise import run_layerwise
 from dpscope.clipping.strategies.plans import LayerPlan, PlanFn
 from dpscope.errors import ConfigError
 
@@ -69,7 +69,7 @@ class ClippingEngine:
         self.strategy = strategy
         self._slots_key: tuple | None = None
         self._slots: list[LayerSlot] = []
-        self._plan_cache: dict[tuple, list[LayerPlan]] = {}
+        self._plan_cache: dict[tuple, dict[int, LayerPlan]] = {}  # input shape -> slot -> plan
 
     def grad_norms(self, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor) -> ClipResult:
         """Per-example gradient norms (and per-parameter squared norms, losses); p.grad untouched."""
@@ -134,15 +134,9 @@ class ClippingEngine:
             return self._run_streaming(whole_model, loss_fn, inputs, targets, clip)
         slots = self._layer_slots()
         plan_fns = [self._plan_fn(s) for s in slots]
-        key = (tuple(inputs.shape), inputs.dtype, str(inputs.device))
-
-        def plans_for(captured):
-            if key not in self._plan_cache:
-                self._plan_cache[key] = decide_plans(slots, plan_fns, captured)
-            return self._plan_cache[key]
-
+        plans = self._plan_cache.setdefault((tuple(inputs.shape), inputs.dtype, str(inputs.device)), {})
         keep_graph = clip is not None and any(fn is ghost.plan for fn in plan_fns)
-        return run_layerwise(self.model, slots, plans_for, loss_fn, inputs, targets, clip, keep_graph=keep_graph)
+        return run_layerwise(self.model, slots, plan_fns, plans, loss_fn, inputs, targets, clip, keep_graph=keep_graph)
 
     def _bn_check(self) -> None:
         """Whole-model strategies need no rules, but BatchNorm still mixes examples."""

@@ -42,7 +42,7 @@ class LayerRule:
     weighted_grad_sum: WeightedSumFn | None = None
     costs: CostsFn | None = None
     crb_grads: GradsFn | None = None  # per-example grads by one grouped convolution (conv only)
-    batched_grads: GradsFn | None = None  # the fastest materialisation, if not per_example_grads
+    fastest_grads: GradsFn | None = None  # the fastest materialisation, if not per_example_grads
 
 
 @dataclass

@@ -140,11 +140,23 @@ def _weight_grad(layer: Conv, a: torch.Tensor, d: torch.Tensor, groups_per_group
 
 def batched_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     """Per-example kernel gradients from one weight-gradient call with the batch as groups:
-    as fast as the non-private weight gradient when there are many positions."""
+    about as fast as the non-private weight gradient when there are many positions."""
     grads = {"weight": _weight_grad(layer, a, d, a.shape[0]).view(a.shape[0], *layer.weight.shape)}
     if layer.bias is not None:
         grads["bias"] = _bias_grads(layer, d)
     return grads
+
+
+def fastest_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
+    """`batched_grads` when positions T >= half the patch length p, else unfold + matmul.
+
+    Measured on 2 CPU cores (CIFAR ResNet/WRN layers): the grouped weight-gradient kernel is
+    2-4x faster than unfolding at T = 256-1024, but 3x slower at T = 64 with p = 576, where the
+    unfold copy is small.
+    """
+    tokens = math.prod(d.shape[2:])
+    patch = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+    return batched_grads(layer, a, d) if 2 * tokens >= patch else per_example_grads(layer, a, d)
 
 
 def weighted_grad_sum(layer: Conv, a: torch.Tensor, d: torch.Tensor, weights: Grads) -> Grads:
@@ -165,4 +177,4 @@ def costs(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> tuple[float, float]:
     return float(ghost), float(tokens * p * q * layer.groups)
 
 
-RULE = LayerRule("conv", per_example_grads, ghost_sq_norms, weighted_grad_sum, costs, crb_grads, batched_grads)
+RULE = LayerRule("conv", per_example_grads, ghost_sq_norms, weighted_grad_sum, costs, crb_grads, fastest_grads)

@@ -1,18 +1,18 @@
 """auto: per layer, the cheaper of the ghost norm (about B*T^2*(p+q) multiply-adds) and the
 materialised per-example gradient (about B*T*p*q), on top of book-keeping: mixed ghost clipping
-(Bu et al. 2022). Materialised layers use the rule's fastest method (`batched_grads` for
+(Bu et al. 2022). Materialised layers use the rule's fastest method (`fastest_grads` for
 convolutions). The engine decides once per input shape and caches the decision."""
 
 from dpscope.clipping.strategies import bookkeeping
 from dpscope.clipping.strategies.plans import MATERIALIZED, LayerPlan
 
 
-BATCHED = LayerPlan("batched", "stored")
+FASTEST = LayerPlan("fastest", "stored")
 
 
 def plan(slot, a, d) -> LayerPlan:
     rule = slot.rule
-    materialized = BATCHED if rule.batched_grads is not None else MATERIALIZED
+    materialized = FASTEST if rule.fastest_grads is not None else MATERIALIZED
     if rule.costs is None or bookkeeping.plan(slot, a, d) is MATERIALIZED:
         return materialized
     ghost_cost, materialize_cost = rule.costs(slot.module, a, d)

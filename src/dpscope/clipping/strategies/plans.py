@@ -9,8 +9,8 @@ import torch
 
 from dpscope.clipping.registry import LayerSlot
 
-# materialize: rule.per_example_grads; crb: rule.crb_grads; batched: rule.batched_grads
-NormMethod = Literal["ghost", "materialize", "crb", "batched"]
+# materialize: rule.per_example_grads; crb: rule.crb_grads; fastest: rule.fastest_grads
+NormMethod = Literal["ghost", "materialize", "crb", "fastest"]
 # stored: sum_i w_i g_i from the materialised per-example gradients (B*p*q, cheap);
 # contraction: the rule's weighted sum from A and w-scaled D (Bu et al. 2023's book-keeping);
 # second_backward: one more backward of sum_i w_i loss_i (Lee & Kifer 2021).
