@@ -113,3 +113,11 @@ def test_a_k_too_large_for_a_run_names_the_run(two_runs, tmp_path):
     from dpscope.errors import ConfigError
     with pytest.raises(ConfigError, match=r"runs/a: k=40 is out of range"):
         analyze_runs(two_runs, tmp_path / "out", k=40)
+
+
+def test_comparison_orders_runs_from_non_private_to_most_private(tmp_path):
+    from dpscope.dynamics.analyze import _privacy_order
+    infos = {"np": {"epsilon": None}, "e1": {"epsilon": 1.0}, "e8": {"epsilon": 8.0},
+             "s2": {"epsilon": None, "noise_multiplier": 2.0}}
+    fake = [type("R", (), {"info": info, "name": name})() for name, info in infos.items()]
+    assert [r.name for r in sorted(fake, key=_privacy_order)] == ["np", "e8", "e1", "s2"]

@@ -102,6 +102,15 @@ def _unique_names_and_labels(runs: list[RunDynamics]) -> None:
             run.label = f"{run.label} ({run.name})"
 
 
+def _privacy_order(run: RunDynamics) -> tuple[int, float]:
+    """Legend order: non-private first, then from the weakest privacy (largest epsilon) down;
+    runs known only by their noise multiplier last, smallest first."""
+    epsilon, sigma = run.info.get("epsilon"), run.info.get("noise_multiplier")
+    if epsilon is not None:
+        return (1, -float(epsilon))
+    return (0, 0.0) if sigma is None else (2, float(sigma))
+
+
 def _run_figures(run: RunDynamics, clusters: LayerClusters, metric: str) -> dict[str, Figure]:
     series, label = run.series, run.label
     xlabel = "epoch" if series.interval_unit == "epoch" else "optimisation step"
@@ -131,7 +140,8 @@ def _analyse(run_dirs: Sequence[Path], k: int | None, drop_first_last: bool, met
         except DpscopeError as error:  # name the run: the same k may suit one run and not another
             raise type(error)(f"{run.run_dir}: {error}") from None
         results.append((run, clusters, _run_figures(run, clusters, metric)))
-    comparison = comparison_figure([(run.label, run.series) for run in runs], metric=metric)
+    ordered = sorted(runs, key=_privacy_order)
+    comparison = comparison_figure([(run.label, run.series) for run in ordered], metric=metric)
     return results, comparison
 
 
