@@ -44,3 +44,12 @@ def test_depth_ranges_compress_consecutive_depths():
     from dpscope.dynamics.plots import depth_ranges
     assert depth_ranges([7, 0, 1, 2, 5, 8]) == "0–2, 5, 7–8"
     assert depth_ranges(np.array([3])) == "3"
+
+
+def test_tracking_does_not_import_sklearn_or_matplotlib():
+    import subprocess
+    import sys
+    code = ("import sys; from dpscope.dynamics import WeightChangeTracker; "
+            "print(any(m in sys.modules for m in ('sklearn', 'matplotlib')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
