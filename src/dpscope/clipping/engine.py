@@ -19,6 +19,7 @@ from typing import Callable, Literal, Mapping, Union
 import torch
 from torch import nn
 
+from dpscope.clipping.memory import keep_freed_memory
 from dpscope.clipping.clip_rules import ClipRule, FlatClip, as_clip_rule
 from dpscope.clipping.registry import LayerSlot, layer_slots
 from dpscope.clipping.result import ClipResult
@@ -60,11 +61,14 @@ class ClippingEngine:
 
     Keeps the layer walk and, for `auto`, the per-layer decision of each input shape, so a
     training loop pays for them once. `strategy` is a name from STRATEGIES or a mapping
-    {layer type: per-layer strategy name} (unlisted types use "auto").
+    {layer type: per-layer strategy name} (unlisted types use "auto"). Creating an engine
+    calls `memory.keep_freed_memory()`, so each step reuses the previous step's buffers
+    instead of faulting fresh pages in.
     """
 
     def __init__(self, model: nn.Module, strategy: Strategy = "auto") -> None:
         _check_strategy(strategy)
+        keep_freed_memory()
         self.model = model
         self.strategy = strategy
         self._slots_key: tuple | None = None
