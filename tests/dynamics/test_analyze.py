@@ -94,11 +94,12 @@ def test_html_fragment_embeds_every_figure(two_runs):
 def test_same_folder_names_are_told_apart(tmp_path, two_runs):
     other = tmp_path / "elsewhere" / "a"
     synthetic_series(True, seed=5).save(other)
-    from dpscope.dynamics.analyze import _unique_names_and_labels
+    (other / "summary.json").write_text((two_runs[0] / "summary.json").read_text())  # a 2nd seed
+    from dpscope.dynamics.analyze import _unique_names_and_titles
     runs = [load_run(two_runs[0]), load_run(other)]
-    _unique_names_and_labels(runs)
+    _unique_names_and_titles(runs)
     assert [r.name for r in runs] == ["a", "a-2"]
-    assert runs[0].label != runs[1].label
+    assert runs[0].title != runs[1].title and runs[0].label == runs[1].label
 
 
 def test_analyze_without_runs_or_with_empty_dynamics_is_refused(tmp_path):
@@ -121,3 +122,14 @@ def test_comparison_orders_runs_from_non_private_to_most_private(tmp_path):
              "s2": {"epsilon": None, "noise_multiplier": 2.0}}
     fake = [type("R", (), {"info": info, "name": name})() for name, info in infos.items()]
     assert [r.name for r in sorted(fake, key=_privacy_order)] == ["np", "e8", "e1", "s2"]
+
+
+def test_runs_sharing_a_label_are_averaged_into_one_comparison_line():
+    from dpscope.dynamics.plots import _profiles, comparison_figure
+    seeds = [synthetic_series(True, seed=s) for s in range(3)]
+    profiles = _profiles(seeds, "rwc_l1")
+    assert profiles.shape == (2, 3, 9)
+    assert profiles[0, 1] == pytest.approx(np.nanmean(seeds[1].matrix("rwc_l1"), axis=1))
+    fig = comparison_figure([("ε=8", s) for s in seeds] + [("non-private", synthetic_series(False))])
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert legend == ["ε=8 (mean of 3 runs)", "non-private"]

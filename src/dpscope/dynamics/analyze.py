@@ -46,9 +46,13 @@ class RunDynamics:
 
     run_dir: Path
     name: str  # unique among the runs analysed together: the folder name
-    label: str  # "eps=8 · resnet20 · cifar10" or "non-private · ..."
+    label: str  # the setting: "ε=8 · resnet20 · cifar10" or "non-private · ..."
     info: dict[str, Any]  # epsilon, model, dataset (None where unknown)
     series: DynamicsSeries
+    title: str = ""  # the label, plus the folder name where several runs share the label
+
+    def __post_init__(self) -> None:
+        self.title = self.title or self.label
 
 
 def load_run(run_dir: Path) -> RunDynamics:
@@ -88,8 +92,9 @@ def _label(info: dict[str, Any]) -> str:
     return " · ".join(str(p) for p in (privacy, info.get("model"), info.get("dataset")) if p)
 
 
-def _unique_names_and_labels(runs: list[RunDynamics]) -> None:
-    """Folder names must not collide in out_dir; labels must tell runs apart in legends."""
+def _unique_names_and_titles(runs: list[RunDynamics]) -> None:
+    """Folder names must not collide in out_dir; titles must tell runs apart. Labels stay:
+    runs of one setting (seeds) share a label and are averaged in the comparison."""
     seen: dict[str, int] = {}
     for run in runs:
         count = seen.get(run.name, 0)
@@ -99,7 +104,7 @@ def _unique_names_and_labels(runs: list[RunDynamics]) -> None:
     labels = [run.label for run in runs]
     for run in runs:
         if labels.count(run.label) > 1:
-            run.label = f"{run.label} ({run.name})"
+            run.title = f"{run.label} ({run.name})"
 
 
 def _privacy_order(run: RunDynamics) -> tuple[int, float]:
@@ -112,7 +117,7 @@ def _privacy_order(run: RunDynamics) -> tuple[int, float]:
 
 
 def _run_figures(run: RunDynamics, clusters: LayerClusters, metric: str) -> dict[str, Figure]:
-    series, label = run.series, run.label
+    series, label = run.series, run.title
     xlabel = "epoch" if series.interval_unit == "epoch" else "optimisation step"
     figures = {
         "heatmap": rwc_heatmap_figure(series, metric=metric, title=f"Relative weight change — {label}"),
@@ -132,7 +137,7 @@ def _analyse(run_dirs: Sequence[Path], k: int | None, drop_first_last: bool, met
     if metric not in LAYER_METRICS:
         raise DataError(f"unknown metric {metric!r}; choose one of {', '.join(LAYER_METRICS)}")
     runs = [load_run(d) for d in run_dirs]
-    _unique_names_and_labels(runs)
+    _unique_names_and_titles(runs)
     results = []
     for run in runs:
         try:
@@ -188,7 +193,8 @@ def _layer_rows(run: RunDynamics, clusters: LayerClusters) -> list[dict[str, Any
 def _run_summary(run: RunDynamics, clusters: LayerClusters, figures: dict[str, str]) -> dict[str, Any]:
     fraction = np.asarray(run.series.global_metrics.get("clipped_fraction", []), dtype=float)
     return {
-        "run_dir": str(run.run_dir), "name": run.name, "label": run.label, **run.info,
+        "run_dir": str(run.run_dir), "name": run.name, "label": run.label, "title": run.title,
+        **run.info,
         "points": len(run.series), "interval": {"unit": run.series.interval_unit,
                                                 "every": run.series.interval_every},
         "mean_clipped_fraction": _nanmean(fraction),
@@ -218,18 +224,19 @@ def dynamics_html(run_dirs: Sequence[Path], k: int | None = None, drop_first_las
         f"<code>{html.escape(metric)}</code>: how much of a layer's weights training rewrote. "
         "Layers are clustered by their RWC curves (k-means++, k from the elbow of the inertia "
         "curve; silhouette reported beside it).</p>",
-        _img(comparison, "Per-layer RWC of every run, by depth."),
+        _img(comparison, "Per-layer RWC of every setting, by depth (runs of one setting: "
+                         "mean, band from lowest to highest)."),
         "<table><thead><tr><th>run</th><th>k</th><th>why</th><th>elbow k</th>"
         "<th>silhouette k</th><th>layers per cluster (depths)</th></tr></thead><tbody>",
     ]
     for run, clusters, _ in results:
         parts.append(
-            f"<tr><td>{html.escape(run.label)}</td><td>{clusters.k}</td>"
+            f"<tr><td>{html.escape(run.title)}</td><td>{clusters.k}</td>"
             f"<td>{html.escape(clusters.k_reason)}</td><td>{clusters.k_elbow}</td>"
             f"<td>{clusters.k_silhouette}</td><td>{html.escape(_cluster_depths(clusters))}</td></tr>")
     parts.append("</tbody></table>")
     for run, _, figures in results:
-        parts.append(f"<h3>{html.escape(run.label)}</h3>")
+        parts.append(f"<h3>{html.escape(run.title)}</h3>")
         parts += [_img(fig, _CAPTIONS[name]) for name, fig in figures.items()]
     parts.append("</section>")
     return "\n".join(parts)

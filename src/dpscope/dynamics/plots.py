@@ -179,21 +179,31 @@ def cluster_map_figure(clusters: LayerClusters, *, title: str = "") -> Figure:
 
 def comparison_figure(runs: Sequence[tuple[str, DynamicsSeries]], *,
                       metric: str = "rwc_mean_ratio", title: str = "") -> Figure:
-    """Per-layer profiles of several runs: mean over the run and last interval, by depth."""
+    """Per-layer profiles of several runs by depth: mean over training and last interval.
+
+    Runs that share a label (seeds of one setting; the papers average 5) become one line,
+    their mean, with a band from the lowest to the highest run.
+    """
     fig = Figure(figsize=(12, 4.4), layout="constrained")
     ax_mean, ax_last = fig.subplots(1, 2, sharey=True)
-    colours = _palette(len(runs))
+    groups: dict[str, list[DynamicsSeries]] = {}
+    for label, series in runs:
+        groups.setdefault(label, []).append(series)
+    colours = _palette(len(groups))
     names = _shared_layer_labels(runs)
     everything = []
-    for (label, series), colour in zip(runs, colours):
-        values = series.matrix(metric)
-        depth = np.arange(values.shape[0], dtype=float)
+    for (label, members), colour in zip(groups.items(), colours):
+        profiles = _profiles(members, metric)  # (2, runs, layers): mean, last
+        depth = np.arange(profiles.shape[2], dtype=float)
         if names is None:  # different models: compare at the same relative depth
             depth /= max(1, len(depth) - 1)
-        mean, last = np.nanmean(values, axis=1), values[:, -1]
-        everything += [mean, last]
-        ax_mean.plot(depth, mean, "o-", markersize=3, color=colour, label=label)
-        ax_last.plot(depth, last, "o-", markersize=3, color=colour, label=label)
+        shown = label if len(members) == 1 else f"{label} (mean of {len(members)} runs)"
+        for ax, values in ((ax_mean, profiles[0]), (ax_last, profiles[1])):
+            ax.plot(depth, np.nanmean(values, axis=0), "o-", markersize=3, color=colour, label=shown)
+            if len(members) > 1:
+                ax.fill_between(depth, np.nanmin(values, axis=0), np.nanmax(values, axis=0),
+                                color=colour, alpha=0.2, linewidth=0)
+        everything.append(profiles.ravel())
     _set_log_if_positive(ax_mean, np.concatenate(everything) if everything else np.array([]))
     for ax, what in ((ax_mean, "mean over training"), (ax_last, "last interval")):
         ax.set_title(what)
@@ -206,9 +216,28 @@ def comparison_figure(runs: Sequence[tuple[str, DynamicsSeries]], *,
         ax.set_xticks(range(0, len(names), step), [f"{i}: {n}" for i, n in enumerate(names)][::step],
                       rotation=70, fontsize=6, ha="right")
     ax_mean.set_ylabel(METRIC_LABELS.get(metric, metric))
-    ax_last.legend(fontsize=8, title="run")
-    fig.suptitle(title or "Per-layer relative weight change across runs")
+    ax_last.legend(fontsize=8, title="setting")
+    fig.suptitle(title or "Per-layer relative weight change across settings")
     return fig
+
+
+def _profiles(members: Sequence[DynamicsSeries], metric: str) -> np.ndarray:
+    """(2, runs, layers): each run's per-layer mean over training and last-interval value."""
+    layers = {len(series.layers) for series in members}
+    if len(layers) != 1:
+        raise ValueError(f"runs labelled alike have different layer counts {sorted(layers)}; "
+                         "give them different labels")
+    matrices = [series.matrix(metric) for series in members]
+    return np.stack([np.stack([_row_nanmean(m) for m in matrices]),
+                     np.stack([m[:, -1] for m in matrices])])
+
+
+def _row_nanmean(values: np.ndarray) -> np.ndarray:
+    """Mean of each row over its finite values; NaN for a row with none (no warning)."""
+    finite = np.isfinite(values)
+    counts = finite.sum(axis=1)
+    sums = np.where(finite, values, 0.0).sum(axis=1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def privacy_figure(series: DynamicsSeries, *, title: str = "") -> Figure:
