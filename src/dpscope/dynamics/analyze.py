@@ -3,7 +3,8 @@
 `analyze_runs` reads each run's `dynamics.json` (labels from `summary.json` or `config.json`),
 clusters its layers (WeightScale), and writes into `out_dir`:
 
-    comparison.png               per-layer RWC profiles of all runs side by side
+    comparison.png               per-layer RWC profiles, one line per setting (label); runs
+                                 sharing a label (seeds) are averaged, with a min-max band
     <run>/heatmap.png            RWC, layers x time
     <run>/blocks.png             RWC curves grouped by block
     <run>/clusters.png           cleaned curves grouped by cluster, with cluster means
