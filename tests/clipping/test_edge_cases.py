@@ -249,3 +249,13 @@ def test_inplace_activation_and_a_layer_whose_input_does_not_depend_on_the_batch
     torch.manual_seed(0)
     x, y = batch(4)
     check_against_references(Net(), xent, x, y)
+
+
+def test_model_that_edits_its_input_in_place():
+    class Centre(nn.Module):
+        def forward(self, x):
+            return x.sub_(x.mean(dim=(1, 2, 3), keepdim=True))  # per example, idempotent
+
+    torch.manual_seed(0)
+    x, y = batch(3)
+    check_against_references(nn.Sequential(Centre(), small_model()), xent, x, y)

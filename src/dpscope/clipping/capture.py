@@ -86,7 +86,8 @@ def capture(
     ]
     leaf = inputs.detach().requires_grad_() if inputs.is_floating_point() else inputs
     try:
-        losses = loss_fn(model(leaf), targets)
+        # a copy, so a model may still edit its input in place (a leaf that requires grad may not)
+        losses = loss_fn(model(leaf.clone() if leaf.requires_grad else leaf), targets)
     finally:
         for h in handles:
             h.remove()
