@@ -43,6 +43,7 @@ VARIANTS = ("nonprivate", *clipping.STRATEGIES, "opacus_hooks", "opacus_ghost")
 class VariantResult:
     variant: str
     median_ms: float | None = None
+    min_ms: float | None = None  # robust to other processes on a shared machine
     times_ms: list[float] = field(default_factory=list)
     peak_mb: float | None = None
     error: str | None = None
@@ -144,6 +145,7 @@ def run_case(model_name: str, batch_size: int, variants: Sequence[str], *, repea
     for v, res in results.items():
         if res.times_ms:
             res.median_ms = statistics.median(res.times_ms)
+            res.min_ms = min(res.times_ms)
         if memory and v in steps:
             try:
                 res.peak_mb = peak_memory_mb(v, model_name, batch_size, threads)
@@ -192,15 +194,18 @@ def format_case(case: CaseResult) -> str:
     opacus_best = min(opacus) if opacus else None
     lines = [
         f"\n{case.model} batch {case.batch_size} (load avg before {case.load_before[0]:.2f}, after {case.load_after[0]:.2f})",
-        f"{'variant':<14}{'ms/step':>10}{'x nonpriv':>11}{'x opacus':>10}{'peak MB':>10}{'x mem':>8}",
+        f"{'variant':<14}{'ms/step':>10}{'x nonpriv':>11}{'x opacus':>10}{'min ms':>9}{'x (min)':>9}{'peak MB':>10}{'x mem':>8}",
     ]
     for v in case.variants:
         if v.median_ms is None:
             lines.append(f"{v.variant:<14}  {v.error}")
             continue
         ratio = f"{v.median_ms / base.median_ms:.2f}" if base and base.median_ms else "-"
+        min_ratio = f"{v.min_ms / base.min_ms:.2f}" if base and base.min_ms else "-"
         vs_opacus = f"{v.median_ms / opacus_best:.2f}" if opacus_best else "-"
         peak = f"{v.peak_mb:.0f}" if v.peak_mb is not None else "-"
         mem = f"{v.peak_mb / base.peak_mb:.2f}" if v.peak_mb is not None and base and base.peak_mb else "-"
-        lines.append(f"{v.variant:<14}{v.median_ms:>10.1f}{ratio:>11}{vs_opacus:>10}{peak:>10}{mem:>8}")
+        lines.append(
+            f"{v.variant:<14}{v.median_ms:>10.1f}{ratio:>11}{vs_opacus:>10}{v.min_ms:>9.1f}{min_ratio:>9}{peak:>10}{mem:>8}"
+        )
     return "\n".join(lines)
