@@ -5,26 +5,13 @@ import json
 import pytest
 import torch
 
-from dpscope.callbacks import Callback
 from dpscope.config import make_run_config
 from dpscope.errors import ConfigError
 from dpscope.io import read_jsonl
 from dpscope.train import resume, train
+from loop_helpers import CrashAtEpoch
 
 SMALL = dict(dataset="digits", model="mlp", epochs=3, batch_size=64, lr=0.05, threads=1)
-
-
-class CrashAtEpoch(Callback):
-    """Simulates a killed process: raises in the middle of the given epoch."""
-
-    name = "crash"
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_step_end(self, state, report) -> None:
-        if report.epoch == self.epoch and report.step % 5 == 0:
-            raise KeyboardInterrupt
 
 
 def test_run_folder_holds_config_metrics_summary_checkpoint(tmp_path):

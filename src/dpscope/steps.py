@@ -40,28 +40,6 @@ class GradientStep(Protocol):
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> GradientResult: ...
 
 
-class ShuffledBatches:
-    """Fixed-size batches of a fresh random permutation each epoch (non-private training)."""
-
-    def __init__(self, num_examples: int, batch_size: int, seed: int) -> None:
-        self.num_examples = num_examples
-        self.batch_size = batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return -(-self.num_examples // self.batch_size)
-
-    def epoch_batches(self) -> Iterator[torch.Tensor]:
-        order = torch.randperm(self.num_examples, generator=self.generator)
-        yield from order.split(self.batch_size)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-
-
 class MeanGradient:
     """Non-private: the batch-mean gradient by one ordinary backward pass."""
 

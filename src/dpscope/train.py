@@ -23,6 +23,7 @@ import torch
 from dpscope.callbacks import Callback, LoopState, StepReport
 from dpscope.config import RunConfig
 from dpscope.data import Dataset, load_dataset
+from dpscope.data.poisson import ShuffledBatchSampler
 from dpscope.metrics import classification_metrics, predict
 from dpscope.models import build_model
 from dpscope.run_folder import RunFolder, default_run_dir
@@ -30,7 +31,6 @@ from dpscope.steps import (
     BatchSampler,
     GradientStep,
     MeanGradient,
-    ShuffledBatches,
     build_torch_optimizer,
 )
 
@@ -70,7 +70,7 @@ def build_training_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Mo
 
         return build_private_parts(config, dataset, model)
     return TrainingParts(
-        sampler=ShuffledBatches(len(dataset.train), config.batch_size, seed=config.seed),
+        sampler=ShuffledBatchSampler(len(dataset.train), config.batch_size, seed=config.seed),
         gradient_step=MeanGradient(model),
         optimizer=build_torch_optimizer(config, model.parameters()),
     )
@@ -132,7 +132,8 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
         record.update(_prefixed("val", _evaluate(model, dataset, dataset.val)))
         if parts.privacy is not None:
             record.update(parts.privacy.epoch_record())
-            stopped_early = parts.privacy.exhausted_reason()
+            if state.epoch < config.epochs:
+                stopped_early = parts.privacy.exhausted_reason()
         record["seconds"] = seconds_before + time.perf_counter() - started
         for callback in all_callbacks:
             callback.on_epoch_end(state, record)

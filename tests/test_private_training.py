@@ -1,0 +1,63 @@
+"""Private runs through the one loop: honest epsilon, ledger, exact resume, budget refusals."""
+
+import json
+
+import pytest
+
+from dpscope.config import make_run_config
+from dpscope.errors import PrivacyError
+from dpscope.io import read_jsonl
+from dpscope.privacy import PrivacyLedger, epsilon_spent
+from dpscope.train import resume, train
+from loop_helpers import CrashAtEpoch
+
+PRIVATE = dict(dataset="digits", model="mlp", epochs=3, batch_size=128, lr=0.5, momentum=0.0,
+               threads=1, epsilon=3.0, max_grad_norm=1.0)
+
+
+def test_reported_epsilon_is_the_accountants_for_the_steps_taken(tmp_path):
+    summary = train(make_run_config(**PRIVATE), run_dir=tmp_path / "run")
+    ledger = json.loads((tmp_path / "run" / "privacy_ledger.json").read_text())
+    steps = PrivacyLedger.from_dict(ledger["ledger"]).steps
+    assert steps == summary["privacy_steps"] == summary["steps"]
+    direct = epsilon_spent(summary["noise_multiplier"], summary["sample_rate"], steps,
+                           summary["delta"], accountant="pld")
+    assert summary["epsilon"] == pytest.approx(direct, rel=1e-9)
+    assert 0.99 * 3.0 <= summary["epsilon"] <= 3.0
+    assert summary["sample_rate"] == pytest.approx(128 / 1258)
+    epsilons = [row["epsilon"] for row in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
+    assert epsilons == sorted(epsilons) and epsilons[-1] == pytest.approx(summary["epsilon"])
+    assert "Poisson" in summary["privacy_statement"] or "poisson" in summary["privacy_statement"]
+
+
+def test_private_resume_reproduces_uninterrupted_run(tmp_path):
+    whole = train(make_run_config(**PRIVATE), run_dir=tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        train(make_run_config(**PRIVATE), run_dir=tmp_path / "cut", callbacks=[CrashAtEpoch(1)])
+    resumed = resume(tmp_path / "cut")
+    for key in ("epsilon", "test_accuracy", "test_loss", "privacy_steps", "per_class_accuracy"):
+        assert resumed[key] == whole[key], key
+
+
+@pytest.mark.parametrize("option", [dict(clip_per_layer=True), dict(auto_clip=True),
+                                    dict(physical_batch_size=16, clipping="ghost")])
+def test_clipping_variants_train_and_account(tmp_path, option):
+    summary = train(make_run_config(**{**PRIVATE, "epochs": 1, **option}), run_dir=tmp_path / "r")
+    assert summary["epsilon"] <= 3.0 and summary["test_accuracy"] > 0.1
+
+
+def test_noise_multiplier_instead_of_epsilon(tmp_path):
+    config = {k: v for k, v in PRIVATE.items() if k != "epsilon"}
+    summary = train(make_run_config(**config, noise_multiplier=1.0), run_dir=tmp_path / "r")
+    direct = epsilon_spent(1.0, summary["sample_rate"], summary["steps"], summary["delta"])
+    assert summary["epsilon"] == pytest.approx(direct, rel=1e-9)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(delta=0.01), "delta"),
+    (dict(batch_size=5000), "batch"),
+])
+def test_impossible_budget_is_refused_before_anything_is_written(tmp_path, change, message):
+    with pytest.raises(PrivacyError, match=message):
+        train(make_run_config(**{**PRIVATE, **change}), run_dir=tmp_path / "r")
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
