@@ -8,7 +8,8 @@ it returns, per parameter name (as in `module.named_parameters(recurse=False)`):
   derived from it, so a new layer type needs only this);
 - `ghost_sq_norms`: (B,) squared norms without materialising per-example gradients;
 - `weighted_grad_sum`: sum_i w_i g_i for per-parameter weights w (B,), without materialising;
-- `costs`: rough multiply-add counts (ghost, materialize) that `auto` compares.
+- `costs`: rough per-example multiply-add counts of the two whole paths, (ghost norm +
+  weighted contraction, materialisation + norm + stored sum), that `auto` compares.
 
 Rules are pure functions of (layer, A, D). The table below is the whole registry: a new layer
 family is one file in `rules/` plus one line here (or `register_rule` from user code).

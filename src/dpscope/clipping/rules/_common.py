@@ -8,6 +8,13 @@ import torch
 # memory stays bounded (2**24 floats = 64 MB in float32).
 GHOST_CHUNK_ELEMENTS = 2**24
 
+# `costs` of a rule compare whole paths per example, in multiply-adds: ghost norm + weighted
+# contraction, against materialisation + norm + stored sum. A materialised per-example gradient
+# entry is written once and read twice, memory-bound: on 2 CPU cores it costs about as much as
+# this many multiply-adds (fitted so the choice matches measured times on CIFAR ResNet / WRN
+# convolutions and ViT linears: the crossover lies between 18 and 44).
+MATERIALIZED_ENTRY_COST = 24
+
 
 def sequence_ghost_sq_norm(a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """||D_i^T A_i||_F^2 for every i, as <A_i A_i^T, D_i D_i^T> (Li et al. 2022).

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dpscope.clipping.registry import Grads, LayerRule
-from dpscope.clipping.rules._common import sequence_ghost_sq_norm
+from dpscope.clipping.rules._common import MATERIALIZED_ENTRY_COST, sequence_ghost_sq_norm
 
 Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
 
@@ -173,8 +173,9 @@ def costs(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> tuple[float, float]:
     tokens = math.prod(d.shape[2:])
     p = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
     q = layer.out_channels // layer.groups
-    ghost = tokens * tokens * (p + q) * layer.groups
-    return float(ghost), float(tokens * p * q * layer.groups)
+    contraction = tokens * p * q
+    ghost = tokens * tokens * (p + q) + contraction
+    return float(ghost * layer.groups), float((contraction + MATERIALIZED_ENTRY_COST * p * q) * layer.groups)
 
 
 RULE = LayerRule("conv", per_example_grads, ghost_sq_norms, weighted_grad_sum, costs, crb_grads, fastest_grads)

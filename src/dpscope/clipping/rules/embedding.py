@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from dpscope.clipping.registry import Grads, LayerRule
+from dpscope.clipping.rules._common import MATERIALIZED_ENTRY_COST
 from dpscope.errors import UnsupportedLayerError
 
 
@@ -50,7 +51,7 @@ def weighted_grad_sum(layer: nn.Embedding, idx: torch.Tensor, d: torch.Tensor, w
 def costs(layer: nn.Embedding, idx: torch.Tensor, d: torch.Tensor) -> tuple[float, float]:
     tokens = idx[0].numel() if idx.shape[0] else 1
     dim = layer.embedding_dim
-    return float(tokens * tokens * dim), float(layer.num_embeddings * dim + tokens * dim)
+    return float(tokens * tokens * dim + tokens * dim), float(tokens * dim + MATERIALIZED_ENTRY_COST * layer.num_embeddings * dim)
 
 
 RULE = LayerRule("embedding", per_example_grads, ghost_sq_norms, weighted_grad_sum, costs)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dpscope.clipping.registry import Grads, LayerRule
-from dpscope.clipping.rules._common import sequence_ghost_sq_norm
+from dpscope.clipping.rules._common import MATERIALIZED_ENTRY_COST, sequence_ghost_sq_norm
 
 
 def _as_sequences(layer: nn.Linear, a: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +50,8 @@ def weighted_grad_sum(layer: nn.Linear, a: torch.Tensor, d: torch.Tensor, weight
 def costs(layer: nn.Linear, a: torch.Tensor, d: torch.Tensor) -> tuple[float, float]:
     tokens = a.numel() // max(1, a.shape[0] * layer.in_features)
     p, q = layer.in_features, layer.out_features
-    ghost = tokens * p + tokens * q if tokens == 1 else tokens * tokens * (p + q)
-    return float(ghost), float(tokens * p * q)
+    ghost_norm = p + q if tokens == 1 else tokens * tokens * (p + q)
+    return float(ghost_norm + tokens * p * q), float(tokens * p * q + MATERIALIZED_ENTRY_COST * p * q)
 
 
 RULE = LayerRule("linear", per_example_grads, ghost_sq_norms, weighted_grad_sum, costs)

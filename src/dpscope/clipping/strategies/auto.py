@@ -1,6 +1,8 @@
-"""auto: per layer, the cheaper of the ghost norm (about B*T^2*(p+q) multiply-adds) and the
-materialised per-example gradient (about B*T*p*q), on top of book-keeping: mixed ghost clipping
-(Bu et al. 2022). Materialised layers use the rule's fastest method (`fastest_grads` for
+"""auto: per layer, the cheaper path on top of book-keeping (mixed ghost clipping, Bu et al.
+2022): the ghost norm (about B*T^2*(p+q) multiply-adds) plus the weighted contraction (B*T*p*q),
+or the materialised per-example gradient (B*T*p*q) plus its norm and stored sum (memory-bound,
+see MATERIALIZED_ENTRY_COST). Comparing norms alone, as Bu et al. do, misses that the ghost path
+still pays a full contraction; on ViT linears that made it 1.6x slower than materialising. Materialised layers use the rule's fastest method (`fastest_grads` for
 convolutions). The engine decides once per input shape and caches the decision."""
 
 from dpscope.clipping.strategies import bookkeeping
