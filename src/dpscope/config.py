@@ -7,14 +7,16 @@ from validation name the offending field (see `format_validation_error`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from dpscope.errors import ConfigError
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
 AccountantName = Literal["pld", "rdp"]
+TestComposition = Literal["balanced", "same_imbalance"]
 
 
 class RunConfig(BaseModel):
@@ -46,9 +48,23 @@ class RunConfig(BaseModel):
     secure_rng: bool = False
     clip_per_layer: bool = False
     auto_clip: bool = False
-    # extras
+    # extras: layer dynamics
     track_dynamics: bool = False
-    perturb: str | None = None
+    dynamics_every_steps: int | None = Field(
+        None, ge=1, description="record layer dynamics every N optimizer steps; default each epoch")
+    # extras: input perturbation of the training images (dpscope.data.perturb)
+    perturb: str | None = Field(None, description='mechanism spec, e.g. "laplace:eps=1"')
+    # extras: groups, imbalance and per-group metrics (dpscope.fairness)
+    groups: Literal["class"] | Path | None = Field(
+        None, description='group attribute: "class", or a CSV of id,group rows with ids like '
+        '"train/0", "test/12" (split/index); adds a fairness block to summary.json')
+    minority_group: str | None = Field(
+        None, description="group (or class name) made the minority of the training set")
+    majority_share: float | None = Field(
+        None, gt=0, lt=1, description="share of the training set held by all other groups, "
+        "e.g. 0.99 leaves the minority group 1 %")
+    imbalance_test: TestComposition = Field(
+        "balanced", description="test set: balanced (minority 50 %) or same_imbalance as training")
 
     @model_validator(mode="after")
     def _privacy_options_consistent(self) -> "RunConfig":
@@ -62,9 +78,48 @@ class RunConfig(BaseModel):
             raise ValueError("clip_per_layer and auto_clip exclude each other")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _implied_options(cls, data: Any) -> Any:
+        """An interval turns tracking on; a minority group without groups means the class.
+
+        Implied rather than required, so that each option also validates alone (study specs
+        check every option by itself); `check_imbalance` checks the pair that must go together.
+        """
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("dynamics_every_steps") is not None:
+            if data.get("track_dynamics") is False:
+                raise ValueError("dynamics_every_steps needs track_dynamics")
+            data["track_dynamics"] = True
+        if data.get("minority_group") is not None and data.get("groups") is None:
+            data["groups"] = "class"
+        return data
+
+    @field_validator("perturb")
+    @classmethod
+    def _perturb_spec_parses(cls, spec: str | None) -> str | None:
+        if spec is not None:
+            from dpscope.data.perturb import parse_mechanism
+
+            try:
+                parse_mechanism(spec)
+            except ConfigError as error:
+                raise ValueError(str(error)) from None
+        return spec
+
     @property
     def private(self) -> bool:
         return self.epsilon is not None or self.noise_multiplier is not None
+
+    def check_imbalance(self) -> None:
+        """ConfigError unless minority_group and majority_share are given together (or neither)."""
+        if (self.minority_group is None) != (self.majority_share is None):
+            given, missing = (("minority_group", "majority_share") if self.majority_share is None
+                              else ("majority_share", "minority_group"))
+            raise ConfigError(f"invalid config: {given} needs {missing} (e.g. minority_group="
+                              '"normal", majority_share=0.9)')
 
 
 def format_validation_error(error: ValidationError, source: str = "config") -> str:

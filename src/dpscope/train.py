@@ -24,6 +24,7 @@ from dpscope.callbacks import Callback, LoopState, StepReport
 from dpscope.config import RunConfig
 from dpscope.data import Dataset, load_dataset
 from dpscope.data.poisson import ShuffledBatchSampler
+from dpscope.dataset_prep import PreparedData, fairness_entry, prepare_dataset
 from dpscope.metrics import classification_metrics, predict
 from dpscope.models import build_model
 from dpscope.run_folder import RunFolder, default_run_dir
@@ -109,7 +110,9 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
-    dataset = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    prepared = prepare_dataset(
+        config, load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed))
+    dataset = prepared.dataset
     model = build_model(config.model, in_channels=dataset.in_channels,
                         image_size=dataset.image_size, num_classes=dataset.num_classes)
     parts = build_training_parts(config, dataset, model)
@@ -122,7 +125,7 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
     else:
         folder.write_config(config)
 
-    reporter.start(config, folder.path, _describe(config, dataset, parts))
+    reporter.start(config, folder.path, _describe(config, prepared, parts))
     for callback in all_callbacks:
         callback.on_train_start(state)
     started = time.perf_counter()
@@ -141,7 +144,7 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
         _checkpoint(folder, state, parts, all_callbacks, record["seconds"])
         reporter.epoch_end(record)
 
-    summary = _summary(config, dataset, model, parts, state,
+    summary = _summary(config, prepared, model, parts, state,
                        seconds_before + time.perf_counter() - started, stopped_early)
     for callback in all_callbacks:
         callback.on_train_end(state, summary)
@@ -203,13 +206,21 @@ def _builtin_callbacks(config: RunConfig) -> list[Callback]:
     if config.track_dynamics:
         from dpscope.dynamics import WeightChangeTracker
 
-        callbacks.append(WeightChangeTracker())
+        callbacks.append(WeightChangeTracker(every_steps=config.dynamics_every_steps))
     return callbacks
 
 
-def _describe(config: RunConfig, dataset: Dataset, parts: TrainingParts) -> str:
+def _describe(config: RunConfig, prepared: PreparedData, parts: TrainingParts) -> str:
+    dataset = prepared.dataset
     text = (f"{dataset.name} ({len(dataset.train)} train / {len(dataset.val)} val / "
             f"{len(dataset.test)} test), model {config.model}, {config.epochs} epochs")
+    if "imbalance" in prepared.records:
+        record = prepared.records["imbalance"]
+        text += (f"\nimbalance: {record['minority_group']} is "
+                 f"{record['train']['group_share']:.2%} of training, "
+                 f"{record['test']['group_share']:.2%} of test ({record['test_composition']})")
+    if "perturbation" in prepared.records:
+        text += "\nperturbation: " + prepared.records["perturbation"]["statement"]
     if parts.privacy is not None:
         text += "\n" + parts.privacy.describe()
     else:
@@ -255,9 +266,12 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _summary(config: RunConfig, dataset: Dataset, model: torch.nn.Module, parts: TrainingParts,
-             state: LoopState, seconds: float, stopped_early: str | None) -> dict[str, Any]:
-    test = _evaluate(model, dataset, dataset.test)
+def _summary(config: RunConfig, prepared: PreparedData, model: torch.nn.Module,
+             parts: TrainingParts, state: LoopState, seconds: float,
+             stopped_early: str | None) -> dict[str, Any]:
+    dataset = prepared.dataset
+    logits = predict(model, dataset.normalize(dataset.test.images))
+    test = classification_metrics(logits, dataset.test.labels, dataset.num_classes)
     summary: dict[str, Any] = {
         "dataset": dataset.name,
         "model": config.model,
@@ -279,4 +293,8 @@ def _summary(config: RunConfig, dataset: Dataset, model: torch.nn.Module, parts:
     }
     if parts.privacy is not None:
         summary.update(parts.privacy.summary())
+    summary.update(prepared.records)
+    if prepared.group_names is not None:
+        summary["fairness"] = fairness_entry(prepared, logits.argmax(1).cpu().numpy(),
+                                             seed=config.seed)
     return summary
