@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from dpscope import clipping
 from dpscope.errors import ConfigError, DpscopeError, UnsupportedLayerError
-from tests.clipping.oracle import LAYERWISE, assert_close, check_against_references, run
+from tests.clipping.oracle import LAYERWISE, assert_close, check_against_references
 
 ALL = clipping.STRATEGIES
 

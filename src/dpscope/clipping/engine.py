@@ -19,12 +19,12 @@ from typing import Callable, Literal, Mapping, Union
 import torch
 from torch import nn
 
-from dpscope.clipping.memory import keep_freed_memory
+from dpscope.clipping.checks import check_losses
 from dpscope.clipping.clip_rules import ClipRule, FlatClip, as_clip_rule
+from dpscope.clipping.memory import keep_freed_memory
 from dpscope.clipping.registry import LayerSlot, layer_slots
 from dpscope.clipping.result import ClipResult
 from dpscope.clipping.rules._common import flat_sq_norm, weighted_example_sum
-from dpscope.clipping.checks import check_losses
 from dpscope.clipping.strategies import auto, bookkeeping, crb, ghost, materialize, naive, vmap
 from dpscope.clipping.strategies.layerwise import run_layerwise
 from dpscope.clipping.strategies.plans import LayerPlan, PlanFn
