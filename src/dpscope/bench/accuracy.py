@@ -1,0 +1,444 @@
+"""Accuracy of private training on real data: dpscope vs non-private training vs Opacus.
+
+Every run is one (dataset, model, variant, epsilon, seed); variants are `nonprivate` (the same
+model, its own non-private recipe), `dpscope` (DP-SGD through `dpscope.train`) and `opacus`
+(Opacus `make_private_with_epsilon` with Poisson sampling on its own DataLoader path, the same
+model and initialisation, recipe, delta and accountant family). Each run writes a run folder
+under `out_dir/runs/`; a finished folder is read back instead of retrained and an unfinished
+dpscope folder resumes, so a grid interrupted half-way continues where it stopped.
+
+Wall time (`seconds`) is the training loop including the per-epoch validation pass, for both
+libraries; the test pass and data loading are excluded. Runs may go `jobs` at a time in separate
+processes of `threads` torch threads each: a dpscope run and its Opacus twin then share the
+machine's load alike when they are queued next to each other (the grid interleaves them).
+
+Hyper-parameters are chosen on the validation split only (see `TUNING`); test metrics are read
+once per run at the end and never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import torch
+
+from dpscope.errors import ConfigError
+from dpscope.io import write_json_atomic
+
+Variant = Literal["nonprivate", "dpscope", "opacus"]
+VARIANTS: tuple[str, ...] = ("nonprivate", "dpscope", "opacus")
+DELTA = 1e-5
+# our accountant -> the Opacus accountant of the same kind ("pld" has no Opacus twin; PRV is the
+# other numerically tight accountant of the Poisson-subsampled Gaussian)
+OPACUS_ACCOUNTANT = {"rdp": "rdp", "pld": "prv"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimisation settings of one run (SGD). `batch_size` is the expected batch when private."""
+
+    batch_size: int
+    lr: float
+    momentum: float
+    epochs: int
+    max_grad_norm: float = 1.0  # per-example clipping bound C (private runs only)
+
+
+# Chosen on the validation split; what was tried is in TUNING. PneumoniaMNIST has N = 4708
+# training images = 11 * 428, so an expected batch of 428 gives q = 1/11 and 11 steps per epoch
+# for dpscope AND Opacus (which derives q = 1 / len(DataLoader)): the same sampler exactly.
+PRIVATE_RECIPES: dict[str, Recipe] = {
+    "pneumoniamnist": Recipe(batch_size=428, lr=4.0, momentum=0.0, epochs=20, max_grad_norm=1.0),
+    "digits": Recipe(batch_size=256, lr=2.0, momentum=0.0, epochs=20, max_grad_norm=1.0),
+}
+NONPRIVATE_RECIPES: dict[str, Recipe] = {
+    "pneumoniamnist": Recipe(batch_size=64, lr=0.05, momentum=0.9, epochs=20),
+    "digits": Recipe(batch_size=64, lr=0.05, momentum=0.9, epochs=20),
+}
+TUNING = "see benchmarks/accuracy.py --help and the report; filled in below"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    dataset: str
+    model: str
+    variant: str
+    epsilon: float | None  # target epsilon; None for non-private runs
+    seed: int
+    recipe: Recipe
+    delta: float = DELTA
+    accountant: str = "pld"
+    threads: int = 1
+
+    @property
+    def name(self) -> str:
+        r = self.recipe
+        privacy = ("" if self.epsilon is None
+                   else f"-eps{self.epsilon:g}-{self.accountant}-C{r.max_grad_norm:g}")
+        return (f"{self.dataset}-{self.model}-{self.variant}{privacy}-b{r.batch_size}-lr{r.lr:g}"
+                f"-m{r.momentum:g}-ep{r.epochs}-seed{self.seed}")
+
+
+def plan_grid(datasets: Sequence[str], models: Sequence[str], epsilons: Sequence[float],
+              seeds: Sequence[int], variants: Sequence[str], *, accountant: str = "pld",
+              threads: int = 1, private_recipe: Recipe | None = None,
+              nonprivate_recipe: Recipe | None = None) -> list[RunSpec]:
+    """Every run of the grid, a dpscope run next to its Opacus twin (so they share load alike)."""
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    specs = []
+    for dataset in datasets:
+        private = private_recipe or _recipe_for(PRIVATE_RECIPES, dataset)
+        public = nonprivate_recipe or _recipe_for(NONPRIVATE_RECIPES, dataset)
+        for model in models:
+            for seed in seeds:
+                if "nonprivate" in variants:
+                    specs.append(RunSpec(dataset, model, "nonprivate", None, seed, public,
+                                         accountant=accountant, threads=threads))
+                for epsilon in epsilons:
+                    specs += [RunSpec(dataset, model, v, float(epsilon), seed, private,
+                                      accountant=accountant, threads=threads)
+                              for v in ("dpscope", "opacus") if v in variants]
+    return specs
+
+
+def _recipe_for(recipes: dict[str, Recipe], dataset: str) -> Recipe:
+    if dataset not in recipes:
+        raise ConfigError(f"no tuned recipe for dataset {dataset!r} (have {', '.join(recipes)}); "
+                          "give --batch-size, --lr, --momentum, --max-grad-norm and --epochs")
+    return recipes[dataset]
+
+
+# ---------------------------------------------------------------- one run
+
+
+def run_one(spec: RunSpec, runs_dir: Path) -> dict[str, Any]:
+    """Train `spec` (or read its finished folder) and return its result row."""
+    torch.set_num_threads(spec.threads)
+    run_dir = runs_dir / spec.name
+    load_before = os.getloadavg()
+    if spec.variant == "opacus":
+        summary = _finished_summary(run_dir) or _train_opacus(spec, run_dir)
+    else:
+        summary = _finished_summary(run_dir) or _train_dpscope(spec, run_dir)
+    return _row(spec, summary, _last_metrics(run_dir), load_before, os.getloadavg())
+
+
+def _finished_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _last_metrics(run_dir: Path) -> dict[str, Any]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _train_dpscope(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    from dpscope.config import make_run_config
+    from dpscope.train import resume, train
+
+    if (run_dir / "checkpoint.pt").is_file():
+        return resume(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    r = spec.recipe
+    privacy = {} if spec.epsilon is None else dict(
+        epsilon=spec.epsilon, delta=spec.delta, max_grad_norm=r.max_grad_norm,
+        accountant=spec.accountant, clipping="auto")
+    config = make_run_config(dataset=spec.dataset, model=spec.model, epochs=r.epochs,
+                             batch_size=r.batch_size, lr=r.lr, momentum=r.momentum,
+                             optimizer="sgd", seed=spec.seed, threads=spec.threads, **privacy)
+    return train(config, run_dir=run_dir)
+
+
+def _train_opacus(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="opacus")  # secure-RNG and alpha-range notices
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        return _train_opacus_run(spec, run_dir)
+
+
+def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    """The same run with Opacus: its PrivacyEngine, DPDataLoader (Poisson) and hooks mode.
+
+    Initialisation matches `dpscope.train` (seed, then data, then model). The model sees the
+    same normalised images; q is Opacus's own 1 / len(DataLoader), recorded so a reader can see
+    whether it equals dpscope's.
+    """
+    from opacus import PrivacyEngine
+    from torch.nn import functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dpscope.data import load_dataset
+    from dpscope.metrics import classification_metrics, predict
+    from dpscope.models import build_model
+
+    if spec.epsilon is None:
+        raise ConfigError("the opacus variant is private only; give an epsilon")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    r = spec.recipe
+    torch.manual_seed(spec.seed)
+    dataset = load_dataset(spec.dataset, seed=spec.seed)
+    model = build_model(spec.model, in_channels=dataset.in_channels,
+                        image_size=dataset.image_size, num_classes=dataset.num_classes)
+    images = dataset.normalize(dataset.train.images)
+    loader = DataLoader(TensorDataset(images, dataset.train.labels), batch_size=r.batch_size)
+    engine = PrivacyEngine(accountant=OPACUS_ACCOUNTANT[spec.accountant])
+    model, optimizer, loader = engine.make_private_with_epsilon(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum),
+        data_loader=loader, target_epsilon=spec.epsilon, target_delta=spec.delta, epochs=r.epochs,
+        max_grad_norm=r.max_grad_norm, poisson_sampling=True)
+
+    def evaluate(split) -> dict[str, Any]:
+        logits = predict(model, dataset.normalize(split.images))
+        return classification_metrics(logits, split.labels, dataset.num_classes)
+
+    started, steps = time.perf_counter(), 0
+    with open(run_dir / "metrics.jsonl", "w") as metrics_file:
+        for epoch in range(r.epochs):
+            model.train()
+            for inputs, targets in loader:
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(model(inputs), targets).backward()
+                optimizer.step()
+                steps += 1
+            val = evaluate(dataset.val)
+            record = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_auc": val["auc"],
+                      "seconds": time.perf_counter() - started}
+            metrics_file.write(json.dumps(record) + "\n")
+    seconds = time.perf_counter() - started
+    test = evaluate(dataset.test)
+    summary = {
+        "dataset": dataset.name, "model": spec.model, "test_accuracy": test["accuracy"],
+        "test_auc": test["auc"], "seconds": seconds, "steps": steps, "seed": spec.seed,
+        "private": True, "epsilon": float(engine.get_epsilon(spec.delta)), "delta": spec.delta,
+        "noise_multiplier": float(optimizer.noise_multiplier),
+        "sample_rate": float(loader.sample_rate), "privacy_steps": steps,
+        "accountant": OPACUS_ACCOUNTANT[spec.accountant], "max_grad_norm": r.max_grad_norm,
+        "opacus_grad_sample_mode": "hooks",
+    }
+    write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+def _row(spec: RunSpec, summary: dict[str, Any], last: dict[str, Any],
+         load_before: tuple[float, ...], load_after: tuple[float, ...]) -> dict[str, Any]:
+    return {
+        "dataset": spec.dataset, "model": spec.model, "variant": spec.variant,
+        "target_epsilon": spec.epsilon, "seed": spec.seed, "run": spec.name,
+        "recipe": asdict(spec.recipe), "threads": spec.threads,
+        "test_accuracy": summary["test_accuracy"], "test_auc": summary["test_auc"],
+        "val_accuracy": last.get("val_accuracy"), "val_auc": last.get("val_auc"),
+        "seconds": summary["seconds"],
+        "epsilon": summary.get("epsilon"), "delta": summary.get("delta"),
+        "accountant": summary.get("accountant"),
+        "noise_multiplier": summary.get("noise_multiplier"),
+        "sample_rate": summary.get("sample_rate"), "steps": summary.get("steps"),
+        "load_before": list(load_before), "load_after": list(load_after),
+    }
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def run_grid(specs: Sequence[RunSpec], out_dir: Path, *, jobs: int = 1,
+             echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run every spec, `jobs` at a time in fresh processes; rows in the order of `specs`."""
+    runs_dir = Path(out_dir) / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    if jobs <= 1:
+        rows = []
+        for spec in specs:
+            rows.append(run_one(spec, runs_dir))
+            echo(_progress(rows[-1]))
+        return rows
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_one, spec, runs_dir) for spec in specs]
+        rows = []
+        for future in futures:
+            rows.append(future.result())
+            echo(_progress(rows[-1]))
+    return rows
+
+
+def _progress(row: dict[str, Any]) -> str:
+    return (f"  {row['run']}: test acc {row['test_accuracy']:.4f} auc {_fmt(row['test_auc'])} "
+            f"val acc {_fmt(row['val_accuracy'])} {row['seconds']:.0f} s")
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def mean_spread(values: Iterable[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation (0 for one value), min and max of the non-None values."""
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+    std = statistics.stdev(present) if len(present) > 1 else 0.0
+    return {"n": len(present), "mean": statistics.fmean(present), "std": std,
+            "min": min(present), "max": max(present)}
+
+
+GROUP_FIELDS = ("dataset", "model", "variant", "target_epsilon")
+METRIC_FIELDS = ("test_accuracy", "test_auc", "val_accuracy", "val_auc", "seconds", "epsilon",
+                 "noise_multiplier")
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One group per (dataset, model, variant, target epsilon) over seeds, in first-seen order."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[f] for f in GROUP_FIELDS), []).append(row)
+    result = []
+    for key, members in groups.items():
+        group = dict(zip(GROUP_FIELDS, key))
+        group["seeds"] = [m["seed"] for m in members]
+        group["recipe"] = members[0]["recipe"]
+        group["sample_rate"] = members[0]["sample_rate"]
+        group["steps"] = members[0]["steps"]
+        group["accountant"] = members[0]["accountant"]
+        group.update({f: mean_spread(m[f] for m in members) for f in METRIC_FIELDS})
+        result.append(group)
+    return result
+
+
+def format_table(groups: Sequence[dict[str, Any]]) -> str:
+    header = (f"{'dataset':<15}{'model':<10}{'variant':<11}{'eps':>5}{'seeds':>6}"
+              f"{'test acc':>17}{'test AUC':>17}{'val acc':>9}{'time s':>13}{'sigma':>7}"
+              f"{'q':>8}{'steps':>6}  recipe")
+    lines = [header]
+    for g in groups:
+        r = g["recipe"]
+        recipe = f"b{r['batch_size']} lr{r['lr']:g} m{r['momentum']:g} ep{r['epochs']}"
+        if g["target_epsilon"] is not None:
+            recipe += f" C{r['max_grad_norm']:g} {g['accountant']}"
+        eps = "-" if g["target_epsilon"] is None else f"{g['target_epsilon']:g}"
+        sigma = g["noise_multiplier"]["mean"]
+        lines.append(
+            f"{g['dataset']:<15}{g['model']:<10}{g['variant']:<11}{eps:>5}{len(g['seeds']):>6}"
+            f"{_pm(g['test_accuracy']):>17}{_pm(g['test_auc']):>17}"
+            f"{_fmt(g['val_accuracy']['mean'], 3):>9}{_pm(g['seconds'], 0):>13}"
+            f"{_fmt(sigma, 3):>7}{_fmt(g['sample_rate']):>8}{g['steps'] or 0:>6}  {recipe}")
+    return "\n".join(lines)
+
+
+def _pm(stats: dict[str, Any], digits: int = 4) -> str:
+    if stats["mean"] is None:
+        return "-"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+# ---------------------------------------------------------------- targets
+
+
+def check_targets(groups: Sequence[dict[str, Any]], dataset: str = "pneumoniamnist") -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured figure and whether it is met."""
+    by_key = {(g["dataset"], g["model"], g["variant"], g["target_epsilon"]): g for g in groups}
+    checks = []
+    for (name, model, variant, eps), g in by_key.items():
+        if name != dataset or variant != "dpscope":
+            continue
+        acc, auc = g["test_accuracy"]["mean"], g["test_auc"]["mean"]
+        if eps == 8:
+            checks.append(_check(f"{model} eps 8 test accuracy >= 0.87", acc, acc >= 0.87))
+            checks.append(_check(f"{model} eps 8 test AUC >= 0.95", auc, auc is not None and auc >= 0.95))
+        public = by_key.get((name, model, "nonprivate", None))
+        if eps == 1 and public:
+            gap = public["test_accuracy"]["mean"] - acc
+            checks.append(_check(f"{model} eps 1 within 5 points of non-private accuracy (gap)",
+                                 gap, gap <= 0.05))
+        opacus = by_key.get((name, model, "opacus", eps))
+        if opacus:
+            ratio = g["seconds"]["mean"] / opacus["seconds"]["mean"]
+            checks.append(_check(f"{model} eps {eps:g} wall time <= 0.5 x Opacus (ratio)", ratio,
+                                 ratio <= 0.5))
+            same = (g["sample_rate"] == opacus["sample_rate"] and g["steps"] == opacus["steps"])
+            checks.append(_check(f"{model} eps {eps:g} same sampler as Opacus (q, steps)",
+                                 None, same))
+    return checks
+
+
+def _check(target: str, value: float | None, met: bool) -> dict[str, Any]:
+    return {"target": target, "value": value, "met": bool(met)}
+
+
+def format_checks(checks: Sequence[dict[str, Any]]) -> str:
+    return "\n".join(f"  [{'met' if c['met'] else 'NOT met'}] {c['target']}"
+                     + ("" if c["value"] is None else f": {c['value']:.4f}") for c in checks)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def environment(threads: int, jobs: int) -> dict[str, Any]:
+    from dpscope.run_folder import code_version
+
+    try:
+        import opacus
+        opacus_version = opacus.__version__
+    except ImportError:
+        opacus_version = None
+    return {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count()},
+        "threads_per_run": threads, "parallel_runs": jobs, "torch": torch.__version__,
+        "opacus": opacus_version, "python": platform.python_version(), "code_version": code_version(),
+        "command": sys.argv,
+    }
+
+
+def run_accuracy_benchmark(specs: Sequence[RunSpec], out_dir: Path, *, jobs: int = 1,
+                           json_path: Path | None = None,
+                           echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the grid, print the table and the targets, write the JSON record; return it."""
+    if any(s.variant == "opacus" for s in specs) and not _opacus_available():
+        echo("opacus is not installed: its runs are skipped (pip install opacus)")
+        specs = [s for s in specs if s.variant != "opacus"]
+    threads = max((s.threads for s in specs), default=1)
+    env = environment(threads, jobs)
+    echo(f"torch {env['torch']}, opacus {env['opacus']}, {jobs} run(s) at a time x {threads} "
+         f"thread(s), {env['machine']['platform']}, load {os.getloadavg()}, code {env['code_version']}")
+    started = time.perf_counter()
+    rows = run_grid(specs, out_dir, jobs=jobs, echo=echo)
+    groups = aggregate(rows)
+    checks = check_targets(groups)
+    echo(format_table(groups))
+    if checks:
+        echo("targets:\n" + format_checks(checks))
+    record = {
+        "environment": env, "delta": DELTA, "tuning": TUNING,
+        "wall_seconds_total": time.perf_counter() - started,
+        "groups": groups, "targets": checks, "rows": rows,
+    }
+    if json_path is not None:
+        write_json_atomic(Path(json_path), record)
+    return record
+
+
+def _opacus_available() -> bool:
+    try:
+        import opacus  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def override(recipe: Recipe, **changes: Any) -> Recipe:
+    """`recipe` with the given non-None fields replaced."""
+    return replace(recipe, **{k: v for k, v in changes.items() if v is not None})
+

@@ -1,0 +1,89 @@
+"""The accuracy benchmark end to end on digits (1 epoch): record shape, table, reuse of runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dpscope.bench.accuracy import (
+    Recipe,
+    aggregate,
+    check_targets,
+    format_table,
+    mean_spread,
+    plan_grid,
+    run_accuracy_benchmark,
+)
+
+TINY = Recipe(batch_size=128, lr=1.0, momentum=0.0, epochs=1, max_grad_norm=1.0)
+
+
+def test_mean_spread_is_mean_and_sample_std() -> None:
+    stats = mean_spread([0.8, 0.9, None, 1.0])
+    assert stats["n"] == 3
+    assert stats["mean"] == pytest.approx(0.9)
+    assert stats["std"] == pytest.approx(0.1)  # sample std (n - 1)
+    assert (stats["min"], stats["max"]) == (0.8, 1.0)
+    assert mean_spread([0.5])["std"] == 0.0
+    assert mean_spread([None])["mean"] is None
+
+
+def test_grid_puts_each_dpscope_run_next_to_its_opacus_twin() -> None:
+    specs = plan_grid(["digits"], ["cnn"], [1.0, 8.0], [0, 1], ["nonprivate", "dpscope", "opacus"],
+                      private_recipe=TINY)
+    assert len(specs) == 2 * (1 + 2 * 2)
+    variants = [s.variant for s in specs]
+    for i, variant in enumerate(variants):
+        if variant == "dpscope":
+            twin = specs[i + 1]
+            assert twin.variant == "opacus"
+            assert (twin.epsilon, twin.seed, twin.recipe) == (specs[i].epsilon, specs[i].seed, TINY)
+    assert len({s.name for s in specs}) == len(specs)
+
+
+def test_targets_compare_means_against_the_issue_thresholds() -> None:
+    def group(variant, eps, acc, seconds):
+        return {"dataset": "pneumoniamnist", "model": "cnn", "variant": variant, "target_epsilon": eps,
+                "test_accuracy": {"mean": acc}, "test_auc": {"mean": 0.96}, "seconds": {"mean": seconds},
+                "sample_rate": 1 / 11, "steps": 220}
+
+    checks = check_targets([group("nonprivate", None, 0.90, 10), group("dpscope", 1.0, 0.84, 20),
+                            group("dpscope", 8.0, 0.88, 40), group("opacus", 8.0, 0.88, 100)])
+    met = {c["target"]: c["met"] for c in checks}
+    assert met["cnn eps 8 test accuracy >= 0.87"] and met["cnn eps 8 test AUC >= 0.95"]
+    assert not met["cnn eps 1 within 5 points of non-private accuracy (gap)"]  # gap 0.06
+    assert met["cnn eps 8 wall time <= 0.5 x Opacus (ratio)"]  # 0.4
+    assert met["cnn eps 8 same sampler as Opacus (q, steps)"]
+
+
+@pytest.mark.slow
+def test_digits_one_epoch_writes_record_and_reuses_finished_runs(tmp_path) -> None:
+    specs = plan_grid(["digits"], ["cnn"], [8.0], [0], ["nonprivate", "dpscope", "opacus"],
+                      private_recipe=TINY, nonprivate_recipe=TINY)
+    lines: list[str] = []
+    json_path = tmp_path / "accuracy.json"
+    record = run_accuracy_benchmark(specs, tmp_path / "out", json_path=json_path, echo=lines.append)
+
+    saved = json.loads(json_path.read_text())
+    assert saved["groups"] == json.loads(json.dumps(record["groups"]))
+    env = saved["environment"]
+    assert {"machine", "threads_per_run", "torch", "opacus", "code_version"} <= set(env)
+    assert [r["variant"] for r in saved["rows"]] == ["nonprivate", "dpscope", "opacus"]
+    for row in saved["rows"]:
+        assert 0.0 <= row["test_accuracy"] <= 1.0 and row["test_auc"] is None  # 10 classes
+        assert 0.0 <= row["val_accuracy"] <= 1.0 and row["seconds"] > 0
+    private = [r for r in saved["rows"] if r["variant"] != "nonprivate"]
+    for row in private:
+        assert row["epsilon"] == pytest.approx(8.0, rel=0.02) and row["delta"] == 1e-5
+        assert row["noise_multiplier"] > 0 and row["steps"] == round(1 / row["sample_rate"])
+    assert {r["accountant"] for r in private} == {"pld", "prv"}
+    table = next(line for line in lines if line.startswith("dataset"))
+    assert table.count("\n") == 3 and "opacus" in table and "±" in table
+
+    again = run_accuracy_benchmark(specs, tmp_path / "out", echo=lambda _: None)
+    for first, second in zip(record["rows"], again["rows"]):  # read back, not retrained
+        assert math.isclose(first["seconds"], second["seconds"])
+        assert first["test_accuracy"] == second["test_accuracy"]
+    assert len(aggregate(again["rows"])) == 3 and format_table(aggregate(again["rows"]))
