@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from dpscope.console import RichReporter, err_console
-from dpscope.errors import DpscopeError
+from dpscope.errors import ConfigError, DpscopeError
 
 app = typer.Typer(
     help="Train image classifiers with differential privacy, fast, and see what privacy does.",
@@ -32,7 +33,8 @@ def user_errors_exit_2(command):
         try:
             return command(*args, **kwargs)
         except DpscopeError as error:
-            err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
+            err_console.print(f"[bold red]error:[/bold red] {escape(str(error))}",
+                              highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/yellow]: completed epochs are saved; "
@@ -71,14 +73,18 @@ def train(
     clip_per_layer: Annotated[bool, typer.Option("--clip-per-layer", help="a clipping bound per layer, total sensitivity still C")] = False,
     auto_clip: Annotated[bool, typer.Option("--auto-clip", help="normalise per-example gradients instead of clipping (Bu et al. 2023)")] = False,
     track_dynamics: Annotated[bool, typer.Option("--track-dynamics", help="record layer-wise relative weight change")] = False,
-    perturb: Annotated[Optional[str], typer.Option(help="perturb training images first, e.g. laplace:eps=1")] = None,
+    dynamics_every_steps: Annotated[Optional[int], typer.Option(help="record layer dynamics every N steps instead of each epoch (implies --track-dynamics)")] = None,
+    perturb: Annotated[Optional[str], typer.Option(help="perturb training images first: laplace:eps=1, gaussian:eps=1,delta=1e-5, dp_pix:eps=1,b=4,m=1, singh2020_brightness_shift:eps=1")] = None,
+    groups: Annotated[Optional[str], typer.Option(help="group attribute for per-group test metrics: 'class' or a CSV of id,group rows (ids train/0, test/12, ...)")] = None,
+    minority_group: Annotated[Optional[str], typer.Option(help="make this group (a class name or index with --groups class) the training minority")] = None,
+    majority_share: Annotated[Optional[float], typer.Option(help="share of the training set held by all other groups, e.g. 0.99")] = None,
+    imbalance_test: Annotated[Optional[str], typer.Option(help="test set under imbalance: balanced (minority 50 %) or same_imbalance")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<dataset>-<model>-<privacy>-seed<seed>-<time>)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
 ) -> None:
     """Train one model; with --epsilon or --noise-multiplier, privately (DP-SGD)."""
     from dpscope.config import make_run_config
-    from dpscope.errors import ConfigError
     from dpscope.train import SilentReporter
     from dpscope.train import resume as resume_training
     from dpscope.train import train as run_training
@@ -90,7 +96,9 @@ def train(
         max_grad_norm=max_grad_norm, clipping=clipping, accountant=accountant,
         physical_batch_size=physical_batch_size, secure_rng=secure_rng,
         clip_per_layer=clip_per_layer, auto_clip=auto_clip, track_dynamics=track_dynamics,
-        perturb=perturb,
+        dynamics_every_steps=dynamics_every_steps, perturb=perturb, groups=groups,
+        minority_group=minority_group, majority_share=majority_share,
+        imbalance_test=imbalance_test,
     )
     reporter = SilentReporter() if quiet else RichReporter()
     if resume:
@@ -104,6 +112,66 @@ def train(
         resume_training(out, reporter=reporter)
     else:
         run_training(make_run_config(**options), run_dir=out, reporter=reporter)
+
+
+@app.command()
+@user_errors_exit_2
+def dynamics(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run folders trained with --track-dynamics (holding dynamics.json)")],
+    out: Annotated[Path, typer.Option(help="folder for the figures and tables")] = Path("dynamics_out"),
+    k: Annotated[Optional[int], typer.Option("--k", help="number of layer clusters (default: chosen by the elbow rule)")] = None,
+    drop_first_last: Annotated[bool, typer.Option("--drop-first-last", help="leave the first and last layer out of the clustering")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
+) -> None:
+    """Figures and tables of layer-wise learning dynamics from finished runs."""
+    from dpscope.dynamics import analyze_runs
+
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            raise ConfigError(f"{run_dir}: no such run folder")
+        if not (run_dir / "dynamics.json").is_file():
+            raise ConfigError(f"{run_dir}: no dynamics.json; train the run with --track-dynamics "
+                              "(track_dynamics = true in a study spec)")
+    if k is not None and k < 1:
+        raise ConfigError(f"--k must be at least 1, got {k}")
+    written = analyze_runs(run_dirs, out, k=k, drop_first_last=drop_first_last)
+    if not quiet:
+        rows = [(run["title"], f"k={run['clusters']['k']}") for run in written["runs"]]
+        _print_written("dynamics", rows, [*written["tables"], *written["figures"]])
+
+
+@app.command()
+@user_errors_exit_2
+def perturb(
+    dataset: Annotated[str, typer.Option(help="dataset name or .npz path, as for `dpscope train`")],
+    mechanism: Annotated[str, typer.Option(help="laplace:eps=1, gaussian:eps=1,delta=1e-5, dp_pix:eps=1,b=4,m=1 or singh2020_brightness_shift:eps=1")],
+    out: Annotated[Path, typer.Option(help="the private copy, an .npz file (its record goes beside it as .json)")],
+    seed: Annotated[int, typer.Option(help="seed of the noise (and of the split, for datasets without one)")] = 0,
+    data_dir: Annotated[Optional[Path], typer.Option(help="where to look for data files first")] = None,
+    split: Annotated[Optional[list[str]], typer.Option(help="split to perturb, repeatable (default: train only)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
+) -> None:
+    """Write a private copy of a dataset, made by perturbing its images, with the guarantee."""
+    from dpscope.dataset_prep import perturbation_statement
+    from dpscope.private_copy import write_private_copy
+
+    record = write_private_copy(dataset, mechanism, out, seed=seed, data_dir=data_dir,
+                                splits=tuple(split or ("train",)))
+    if not quiet:
+        _print_written("perturb", [("guarantee", perturbation_statement(record))],
+                      [str(out), str(out.with_suffix(".json"))])
+
+
+def _print_written(command: str, facts: list[tuple[str, str]], paths: list[str]) -> None:
+    """What a command found and the files it wrote, one per line."""
+    from dpscope.console import console
+
+    for name, value in facts:
+        console.print(f"[bold]{command}[/bold] {name}: {escape(value)}", highlight=False,
+                      soft_wrap=True)
+    for path in paths:
+        console.print(f"[bold]{command}[/bold] wrote {escape(path)}", highlight=False,
+                      soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point
