@@ -44,6 +44,15 @@ def user_errors_exit_2(command):
     return wrapper
 
 
+@app.callback()
+def _before_any_command() -> None:
+    # the study report's fairness and perturbation sections (dpscope.study_sections);
+    # registered here, when a command runs, so that `dpscope --help` imports no torch
+    from dpscope.study_sections import register_sections
+
+    register_sections()
+
+
 def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None and v is not False}
 

@@ -1,0 +1,267 @@
+"""Study report sections for who pays for privacy (fairness under imbalance) and for input
+perturbation. They read what runs recorded in summary.json (`fairness`, `imbalance`,
+`perturbation`) and never train; the perturbation section draws its example images by
+applying the mechanisms to one training image, when the dataset can be loaded.
+
+    register_sections()   # adds both to dpscope.study's report (the `dpscope` CLI does this)
+"""
+
+from __future__ import annotations
+
+import html
+from collections import defaultdict
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from dpscope.study.report.data import RunView, StudyData, mean_and_spread
+from dpscope.study.report.figures import NON_PRIVATE, PALETTE
+
+__all__ = ["fairness_section", "perturbation_section", "register_sections"]
+
+DPSGD = "dpsgd"
+_FAIRNESS_GAPS = ("accuracy_difference", "equal_opportunity_difference")
+
+
+def register_sections() -> None:
+    """Add the fairness and perturbation sections to the study report (before all runs)."""
+    from dpscope.study.report import register_section
+
+    register_section("fairness", "Fairness", f"{__name__}:fairness_section")
+    register_section("perturbation", "Input perturbation", f"{__name__}:perturbation_section")
+
+
+# -- shared helpers -------------------------------------------------------------------------
+def _privacy_label(run: RunView) -> str:
+    return NON_PRIVATE if run.epsilon_key is None else f"ε={run.epsilon_key:g}"
+
+
+def _privacy_order(label: str) -> float:
+    return float("inf") if label == NON_PRIVATE else float(label.removeprefix("ε="))
+
+
+def _cell(values: list[Any]) -> str:
+    mean, spread, count = mean_and_spread(values)
+    if not count:
+        return "&ndash;"
+    return f"{mean:.3f}" + (f" <span class='pm'>&plusmn; {spread:.3f}</span>" if count > 1 else "")
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return (f"<div class='table-wrap'><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def _axes_style(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, color="#e5e7eb", linewidth=0.8)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def _line(ax, xs: list[float], values: list[list[Any]], colour: str, label: str, **style) -> None:
+    points = [(x, *mean_and_spread(v)) for x, v in zip(xs, values)]
+    points = [p for p in points if p[3]]
+    if points:
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                    color=colour, marker="o", capsize=3, linewidth=1.6, label=label, **style)
+
+
+# -- fairness under imbalance ---------------------------------------------------------------
+def _rest_accuracy(groups: dict[str, Any], minority: str) -> float | None:
+    """Accuracy over every example not in the minority group (count-weighted)."""
+    correct = total = 0.0
+    for name, entry in groups.items():
+        value = entry["accuracy"]["value"]
+        if name != minority and value is not None:
+            correct += value * entry["count"]
+            total += entry["count"]
+    return correct / total if total else None
+
+
+def _fairness_values(run: RunView) -> dict[str, Any]:
+    fairness, imbalance = run.summary["fairness"], run.summary["imbalance"]
+    minority = imbalance["minority_group"]
+    groups = fairness["groups"]
+    values = {"minority accuracy": groups.get(minority, {}).get("accuracy", {}).get("value"),
+              "rest accuracy": _rest_accuracy(groups, minority)}
+    values |= {gap: fairness["gaps"][gap]["value"] for gap in _FAIRNESS_GAPS}
+    return values
+
+
+def fairness_section(study: StudyData) -> str | None:
+    """Minority vs rest accuracy and the gaps against the majority share, per privacy level."""
+    runs = [r for r in study.finished if "fairness" in r.summary and "imbalance" in r.summary]
+    if not runs:
+        return None
+    settings: dict[str, list[RunView]] = defaultdict(list)
+    for run in runs:
+        imbalance = run.summary["imbalance"]
+        settings[f"{run.summary['dataset']}, minority {imbalance['minority_group']}"].append(run)
+    metrics = ["minority accuracy", "rest accuracy", *_FAIRNESS_GAPS]
+    fig = Figure(figsize=(4.2 * len(metrics), 3.4 * len(settings)))
+    rows = []
+    for row, (setting, members) in enumerate(settings.items()):
+        shares = sorted({r.summary["imbalance"]["majority_share"] for r in members})
+        levels: dict[str, list[RunView]] = defaultdict(list)
+        for run in members:
+            levels[_privacy_label(run)].append(run)
+        ordered = sorted(levels, key=_privacy_order)
+        for column, metric in enumerate(metrics):
+            ax = fig.add_subplot(len(settings), len(metrics), row * len(metrics) + column + 1)
+            for colour, level in zip(PALETTE, ordered):
+                values = [[_fairness_values(r)[metric] for r in levels[level]
+                           if r.summary["imbalance"]["majority_share"] == share]
+                          for share in shares]
+                _line(ax, list(range(len(shares))), values, colour, level)
+            ax.set_xticks(range(len(shares)), [f"{s:g}" for s in shares])
+            _axes_style(ax, f"{setting}: {metric.replace('_', ' ')}", "majority share", metric
+                        .replace("_", " "))
+            if column == 0:
+                ax.legend(fontsize=8, frameon=False)
+        for share in shares:
+            for level in ordered:
+                group = [r for r in levels[level]
+                         if r.summary["imbalance"]["majority_share"] == share]
+                if group:
+                    values = [_fairness_values(r) for r in group]
+                    rows.append([html.escape(setting), f"{share:g}", level, str(len(group)),
+                                 *[_cell([v[m] for v in values]) for m in metrics]])
+    fig.tight_layout()
+    img = study.figure("fairness", fig, "per-group accuracy and gaps against the majority share")
+    composition = {r.summary["imbalance"]["test_composition"] for r in runs}
+    caption = ("Test accuracy of the minority group and of all other examples, and the gaps "
+               "between groups (largest minus smallest group value), against the share of the "
+               "training set held by the majority; mean &plusmn; one standard deviation over "
+               f"seeds. Test set: {html.escape(', '.join(sorted(composition)))}. Each run's "
+               "summary.json holds every group's rates with bootstrap confidence intervals.")
+    table = _table(["setting", "majority share", "privacy", "seeds",
+                    *[m.replace("_", " ") for m in metrics]], rows)
+    return (f"<h2>Fairness under imbalance</h2><figure>{img}<figcaption>{caption}</figcaption>"
+            f"</figure>{table}")
+
+
+# -- input perturbation ---------------------------------------------------------------------
+def _method(run: RunView) -> tuple[str, float | None]:
+    """(mechanism or "dpsgd" or non-private, its epsilon parameter)."""
+    record = run.summary.get("perturbation")
+    if record is not None:
+        return record["mechanism"], record["parameters"].get("epsilon")
+    if run.private:
+        return DPSGD, run.epsilon_key
+    return NON_PRIVATE, None
+
+
+def _guarantee_text(run: RunView) -> str:
+    record = run.summary.get("perturbation")
+    if record is None:
+        return ("(ε, δ)-DP for the training set (DP-SGD)" if run.private else "none")
+    kind = html.escape(record["guarantee"]["kind"])
+    return f"<strong>{kind}</strong>" if record["guarantee"]["epsilon"] is None else kind
+
+
+def perturbation_section(study: StudyData) -> str | None:
+    """Accuracy and AUC against epsilon for each perturbation mechanism and for DP-SGD."""
+    runs = study.finished
+    if not any("perturbation" in r.summary for r in runs):
+        return None
+    methods: dict[str, dict[float | None, list[RunView]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        name, epsilon = _method(run)
+        methods[name][epsilon].append(run)
+    metrics = [("test_accuracy", "test accuracy")]
+    if any(r.record.test_auc is not None for r in runs):
+        metrics.append(("test_auc", "test ROC AUC"))
+    fig = Figure(figsize=(5.4 * len(metrics), 4.0))
+    for index, (metric, title) in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), index + 1)
+        curves = [m for m in methods if m != NON_PRIVATE]
+        for colour, name in zip(PALETTE, curves):
+            epsilons = sorted(e for e in methods[name] if e is not None)
+            values = [[getattr(r.record, metric) for r in methods[name][e]] for e in epsilons]
+            _line(ax, epsilons, values, colour, name)
+        baseline = mean_and_spread([getattr(r.record, metric)
+                                    for r in methods.get(NON_PRIVATE, {}).get(None, [])])
+        if baseline[2]:
+            ax.axhline(baseline[0], color="#555555", linestyle="--", linewidth=1.1,
+                       label=NON_PRIVATE)
+        ax.set_xscale("log")
+        _axes_style(ax, title, "epsilon (each method's own parameter)", title)
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    img = study.figure("perturbation", fig, "accuracy and AUC against epsilon per mechanism")
+    rows = []
+    for name, by_eps in methods.items():
+        for epsilon in sorted(by_eps, key=lambda e: (e is None, e or 0.0)):
+            group = by_eps[epsilon]
+            rows.append([html.escape(name), "&ndash;" if epsilon is None else f"{epsilon:g}",
+                         _guarantee_text(group[0]), str(len(group)),
+                         *[_cell([getattr(r.record, m) for r in group]) for m, _ in metrics]])
+    caption = ("Mean &plusmn; one standard deviation over seeds; dashed: non-private. The "
+               "epsilons are not comparable across rows whose guarantees differ: see the "
+               "guarantee column.")
+    warning = ""
+    if "singh2020_brightness_shift" in methods:
+        warning = ("<p><strong>singh2020_brightness_shift is NOT image-level privacy</strong>: "
+                   "it adds one Laplace draw per image to every pixel, as the pneumonia paper's "
+                   "code did; its epsilon is that paper's noise parameter, not a guarantee.</p>")
+    examples = _examples_block(study, runs, methods)
+    headers = ["method", "epsilon", "guarantee", "seeds", *[t for _, t in metrics]]
+    return (f"<h2>Input perturbation vs DP-SGD</h2>{warning}<figure>{img}<figcaption>{caption}"
+            f"</figcaption></figure>{_table(headers, rows)}{examples}")
+
+
+def _examples_block(study: StudyData, runs: list[RunView], methods: dict) -> str:
+    """One training image under each mechanism at each epsilon, when the data can be loaded."""
+    from dpscope.errors import DpscopeError
+
+    perturbed = [r for r in runs if "perturbation" in r.summary]
+    specs = sorted({(r.summary["perturbation"]["mechanism"],
+                     r.summary["perturbation"]["parameters"].get("epsilon"),
+                     r.summary["perturbation"]["spec"]) for r in perturbed})
+    config = perturbed[0].config
+    try:
+        fig = _examples_figure(config["dataset"], config.get("data_dir"), specs)
+    except (DpscopeError, OSError) as error:
+        return f"<p>Example images left out: {html.escape(str(error))}</p>"
+    img = study.figure("perturbation_examples", fig, "one training image under each mechanism")
+    return (f"<figure>{img}<figcaption>The first training image (seed 0 split) under each "
+            "mechanism at each epsilon, noise seed 0.</figcaption></figure>")
+
+
+def _examples_figure(dataset: str, data_dir: Any, specs: list[tuple]) -> Figure:
+    from dpscope.data import load_dataset
+    from dpscope.data.perturb import parse_mechanism
+
+    loaded = load_dataset(dataset, data_dir=data_dir, seed=0)
+    image = loaded.train.images[:1]  # (1, C, H, W)
+    names = sorted({name for name, _, _ in specs})
+    epsilons = sorted({eps for _, eps, _ in specs})
+    fig = Figure(figsize=(1.6 * (len(epsilons) + 1), 1.7 * len(names)))
+    for row, name in enumerate(names):
+        ax = fig.add_subplot(len(names), len(epsilons) + 1, row * (len(epsilons) + 1) + 1)
+        _show(ax, image[0], "original" if row == 0 else "", name)
+        for column, eps in enumerate(epsilons):
+            spec = next((s for n, e, s in specs if n == name and e == eps), None)
+            ax = fig.add_subplot(len(names), len(epsilons) + 1,
+                                 row * (len(epsilons) + 1) + column + 2)
+            if spec is None:
+                ax.axis("off")
+                continue
+            mech = parse_mechanism(spec)
+            _show(ax, mech.apply(image, 0)[0], f"ε={eps:g}" if row == 0 else "", "")
+    fig.tight_layout()
+    return fig
+
+
+def _show(ax, image, title: str, ylabel: str) -> None:
+    picture = image.permute(1, 2, 0).numpy()  # (H, W, C)
+    ax.imshow(picture[..., 0] if picture.shape[2] == 1 else picture, cmap="gray", vmin=0,
+              vmax=255)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=7)
