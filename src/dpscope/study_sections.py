@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from dpscope.study.report.data import RunView, StudyData, mean_and_spread
 from dpscope.study.report.figures import NON_PRIVATE, PALETTE
+from dpscope.study.report.figures import _style  # the report's one axes style
 
 __all__ = ["fairness_section", "perturbation_section", "register_sections"]
 
@@ -52,14 +53,6 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return (f"<div class='table-wrap'><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table></div>")
-
-
-def _axes_style(ax, title: str, xlabel: str, ylabel: str) -> None:
-    ax.set_title(title, fontsize=10, loc="left")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, color="#e5e7eb", linewidth=0.8)
-    ax.spines[["top", "right"]].set_visible(False)
 
 
 def _line(ax, xs: list[float], values: list[list[Any]], colour: str, label: str, **style) -> None:
@@ -118,7 +111,7 @@ def fairness_section(study: StudyData) -> str | None:
                           for share in shares]
                 _line(ax, list(range(len(shares))), values, colour, level)
             ax.set_xticks(range(len(shares)), [f"{s:g}" for s in shares])
-            _axes_style(ax, f"{setting}: {metric.replace('_', ' ')}", "majority share", metric
+            _style(ax, f"{setting}: {metric.replace('_', ' ')}", "majority share", metric
                         .replace("_", " "))
             if column == 0:
                 ax.legend(fontsize=8, frameon=False)
@@ -189,7 +182,7 @@ def perturbation_section(study: StudyData) -> str | None:
             ax.axhline(baseline[0], color="#555555", linestyle="--", linewidth=1.1,
                        label=NON_PRIVATE)
         ax.set_xscale("log")
-        _axes_style(ax, title, "epsilon (each method's own parameter)", title)
+        _style(ax, title, "epsilon (each method's own parameter)", title)
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     img = study.figure("perturbation", fig, "accuracy and AUC against epsilon per mechanism")
