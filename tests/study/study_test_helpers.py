@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-
-# private runs appear in the tiny study once private training is part of the package
-HAS_PRIVATE = importlib.util.find_spec("dpscope.private") is not None
 
 
 def write_spec(folder: Path, name: str, body: str) -> Path:
@@ -24,9 +20,9 @@ threads = 1
 batch_size = 128
 lr = 0.1
 [grid]
-epsilon = {epsilons}
+epsilon = ["none", 2.0, 8.0]
 seed = [0, 1]
-""".format(epsilons='["none", 2.0, 8.0]' if HAS_PRIVATE else '["none"]')
+"""
 
 TINY_NONPRIVATE = """\
 [base]

@@ -20,15 +20,16 @@ from dpscope.io import read_jsonl
 from dpscope.study import ResultsStore, load_spec, run_dir, run_study
 from dpscope.study.store import STORE_FILE
 
-EPOCHS = 10
+EPOCHS = 4
 SPEC = f"""\
 [base]
 dataset = "digits"
 model = "mlp"
 epochs = {EPOCHS}
 threads = 1
+batch_size = 128
 [grid]
-lr = [0.05, 0.1]
+epsilon = ["none", 4.0]
 seed = [0, 1]
 """
 

@@ -11,14 +11,13 @@ import re
 import numpy as np
 import pytest
 from matplotlib.image import imread
-from study_test_helpers import HAS_PRIVATE
 from typer.testing import CliRunner
 
 from dpscope.cli import app
 from dpscope.study import build_report, register_section
 from dpscope.study.report import sections as section_registry
 
-FIGURES = ["per_class_accuracy", "training_curves"] + (["privacy_utility"] if HAS_PRIVATE else [])
+FIGURES = ["privacy_utility", "per_class_accuracy", "training_curves"]
 
 
 @pytest.fixture
@@ -65,7 +64,10 @@ def test_report_has_the_runs_table_and_environment(report, tiny_study):
     environment = page[page.index('id="environment"'):]
     assert torch.__version__ in environment and "dpscope" in environment
     assert 'id="environment"' in page and 'id="runs"' in page
-    assert ('id="privacy-utility"' in page) == HAS_PRIVATE
+    for run_id in ("eps2-seed0", "eps8-seed1"):
+        assert f"<code>{run_id}</code>" in page
+    curve = page[page.index('id="privacy-utility"'):page.index('id="per-class"')]
+    assert curve.count("<tr>") == 1 + 3  # header + (non-private, eps 2, eps 8)
 
 
 @pytest.fixture
