@@ -94,7 +94,9 @@ def fairness_section(study: StudyData) -> str | None:
     for run in runs:
         imbalance = run.summary["imbalance"]
         settings[f"{run.summary['dataset']}, minority {imbalance['minority_group']}"].append(run)
-    metrics = ["minority accuracy", "rest accuracy", *_FAIRNESS_GAPS]
+    defined = [gap for gap in _FAIRNESS_GAPS
+               if any(_fairness_values(r)[gap] is not None for r in runs)]
+    metrics = ["minority accuracy", "rest accuracy", *defined]
     fig = Figure(figsize=(4.2 * len(metrics), 3.4 * len(settings)))
     rows = []
     for row, (setting, members) in enumerate(settings.items()):
@@ -131,6 +133,11 @@ def fairness_section(study: StudyData) -> str | None:
                "training set held by the majority; mean &plusmn; one standard deviation over "
                f"seeds. Test set: {html.escape(', '.join(sorted(composition)))}. Each run's "
                "summary.json holds every group's rates with bootstrap confidence intervals.")
+    undefined = [gap.replace("_", " ") for gap in _FAIRNESS_GAPS if gap not in defined]
+    if undefined:
+        caption += (f" Left out, undefined in every run: {', '.join(undefined)} (with the class "
+                    "as the group, only the positive class's group has true positives; each "
+                    "group's accuracy is then its class's recall).")
     table = _table(["setting", "majority share", "privacy", "seeds",
                     *[m.replace("_", " ") for m in metrics]], rows)
     return (f"<h2>Fairness under imbalance</h2><figure>{img}<figcaption>{caption}</figcaption>"
@@ -182,6 +189,9 @@ def perturbation_section(study: StudyData) -> str | None:
             ax.axhline(baseline[0], color="#555555", linestyle="--", linewidth=1.1,
                        label=NON_PRIVATE)
         ax.set_xscale("log")
+        ticks = sorted({e for m in curves for e in methods[m] if e is not None})
+        ax.set_xticks(ticks, [f"{e:g}" for e in ticks])
+        ax.minorticks_off()
         _style(ax, title, "epsilon (each method's own parameter)", title)
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
