@@ -10,7 +10,8 @@ import math
 from collections import defaultdict
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib import colormaps
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from dpscope.study.report.data import RunView, mean_and_spread
 
@@ -45,22 +46,27 @@ def privacy_utility_figure(series: dict[str, list[RunView]]) -> Figure | None:
     fig = Figure(figsize=(5.2 * len(metrics), 3.8))
     for index, (metric, name) in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), index + 1)
+        single = len(series) == 1
+        ticks: set[float] = set()
         for colour, (label, runs) in zip(_colours(), series.items()):
             groups = by_epsilon(runs)
+            ticks |= {eps for eps in groups if eps is not None}
             points = [(eps, *mean_and_spread([getattr(r.record, metric) for r in g]))
                       for eps, g in groups.items() if eps is not None]
             points = [p for p in points if p[3]]
             if points:
                 xs, means, spreads = [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
                 ax.errorbar(xs, means, yerr=spreads, color=colour, marker="o", capsize=3,
-                            linewidth=1.8, label=label)
+                            linewidth=1.8, label="private" if single else label)
             if None in groups:
                 mean, spread, count = mean_and_spread([getattr(r.record, metric) for r in groups[None]])
                 if count:
                     ax.axhline(mean, color=colour, linestyle="--", linewidth=1.2,
-                               label=f"{label}: {NON_PRIVATE}")
+                               label=NON_PRIVATE if single else f"{label}, {NON_PRIVATE}")
                     ax.axhspan(mean - spread, mean + spread, color=colour, alpha=0.08, linewidth=0)
         ax.set_xscale("log")
+        ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         _style(ax, f"{name} vs privacy budget", "epsilon (log scale)", name)
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
@@ -80,7 +86,8 @@ def per_class_figure(series: dict[str, list[RunView]]) -> Figure | None:
         ticks = [f"{eps:g}" if eps is not None else NON_PRIVATE for eps in groups]
         names = runs[0].summary.get("class_names") or []
         classes = sorted({c for r in runs for c in (r.summary.get("per_class_accuracy") or {})}, key=int)
-        for colour, cls in zip(_colours(), classes):
+        colours = _colours() if len(classes) <= len(PALETTE) else iter(colormaps["tab20"].colors)
+        for colour, cls in zip(colours, classes):
             means = [mean_and_spread([(r.summary.get("per_class_accuracy") or {}).get(cls) for r in g])[0]
                      for g in groups.values()]
             name = names[int(cls)] if int(cls) < len(names) else cls
