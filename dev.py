@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -53,6 +54,23 @@ def ensure_installed() -> None:
     STAMP.write_text(_requirements_hash())
 
 
+def ensure_chromium() -> None:
+    """The report tests render HTML in headless Chromium; install Debian's package if we can."""
+    if shutil.which("chromium") or os.name == "nt" or not shutil.which("apt-get"):
+        return
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        print("chromium not found: the report screenshot test will be skipped "
+              "(install Debian's chromium package to run it)", flush=True)
+        return
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    print("installing chromium for the report tests (apt-get)", flush=True)
+    if subprocess.call(["apt-get", "update", "-q"], env=env, **quiet) != 0 or subprocess.call(
+        ["apt-get", "install", "-y", "-q", "chromium"], env=env, **quiet
+    ) != 0:
+        print("could not install chromium: the report screenshot test will be skipped", flush=True)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"demo", "test", "setup"}:
         print(__doc__)
@@ -62,6 +80,7 @@ def main(argv: list[str]) -> int:
     if argv[0] == "demo":
         return _run([BIN / "dpscope", "train", *argv[1:]], env=env)
     if argv[0] == "test":
+        ensure_chromium()
         return _run([PYTHON, "-m", "pytest", "-q", *argv[1:]], env=env)
     return 0
 
