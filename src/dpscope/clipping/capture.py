@@ -2,13 +2,14 @@
 layer the gradient D of the summed per-example losses with respect to its output, as soon as
 autograd computes it.
 
-The backward asks autograd only for input gradients (of a copy of the inputs that requires
-grad) and, for layers whose input does not depend on it (e.g. an embedding of integer ids),
-for their output gradients; parameter-gradient kernels are never run. Each layer's D is caught
-by a pre-hook on the autograd node that produced the layer's output (taken when the layer ran,
-so later in-place operations on the output do not matter) and handed to `on_grad` at once, so
-a strategy can reduce it (to norms, per-example gradients) and free it while the backward goes
-on: peak memory stays near that of non-private training.
+The backward asks autograd only for the output gradients of "source" layers, those whose input
+depends on nothing differentiable (the stem convolution on raw images, an embedding of ids):
+every other layer lies on a path to one of them, so autograd runs its node and a pre-hook on it
+(taken when the layer ran, so later in-place operations on the output do not matter) catches D
+and hands it to `on_grad` at once. A strategy reduces D there (to norms, per-example gradients)
+and frees it while the backward goes on, so peak memory stays near that of non-private
+training. Parameter-gradient kernels and the inputs' gradient are never computed. A layer that
+the graph search finds on no such path gets its D captured directly, like a source.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class LayerCall:
 
     slot: int  # index into the slot list
     inputs: torch.Tensor
+    is_source: bool  # its input depends on nothing differentiable
     version: int  # version counter of `inputs` when recorded: detects later in-place edits
     edge: GradientEdge
     out_shape: torch.Size
@@ -50,7 +52,9 @@ def _recorder(calls: list[LayerCall], slot: int, path: str) -> Callable:
                 "need a forward pass with gradients enabled"
             )
         a = args[0]
-        calls.append(LayerCall(slot, a.detach(), a._version, get_gradient_edge(output), output.shape, output.new_empty(0)))
+        calls.append(
+            LayerCall(slot, a.detach(), not a.requires_grad, a._version, get_gradient_edge(output), output.shape, output.new_empty(0))
+        )
 
     return hook
 
@@ -84,19 +88,16 @@ def capture(
     handles = [
         slot.module.register_forward_hook(_recorder(calls, i, slot.path or "<root>")) for i, slot in enumerate(slots)
     ]
-    leaf = inputs.detach().requires_grad_() if inputs.is_floating_point() else inputs
     try:
-        # a copy, so a model may still edit its input in place (a leaf that requires grad may not)
-        losses = loss_fn(model(leaf.clone() if leaf.requires_grad else leaf), targets)
+        losses = loss_fn(model(inputs), targets)
     finally:
         for h in handles:
             h.remove()
     check_losses(losses, inputs.shape[0])
     on_forward(calls)
-    # calls whose node the input's gradient does not pass through get their D captured directly
-    reaching = _nodes_reaching(losses.grad_fn, leaf) if leaf.requires_grad else set()
-    direct = [c for c in calls if c.edge.node not in reaching]
-    hooked = [c for c in calls if c.edge.node in reaching]
+    reaching = _nodes_reaching(losses.grad_fn, {c.edge.node for c in calls if c.is_source})
+    hooked = [c for c in calls if not c.is_source and c.edge.node in reaching]
+    direct = [c for c in calls if c.is_source or c.edge.node not in reaching]
     seen: set[int] = set()
 
     def prehook_for(call: LayerCall) -> Callable:
@@ -108,14 +109,14 @@ def capture(
         return prehook
 
     hook_handles = [c.edge.node.register_prehook(prehook_for(c)) for c in hooked]
-    targets_ = ([leaf] if hooked and leaf.requires_grad else []) + [c.edge for c in direct]
     try:
-        grads = torch.autograd.grad(losses.sum(), targets_, allow_unused=True, retain_graph=keep_graph) if targets_ else ()
+        edges = [c.edge for c in direct]
+        grads = torch.autograd.grad(losses.sum(), edges, allow_unused=True, retain_graph=keep_graph) if edges else ()
     finally:
         for h in hook_handles:
             h.remove()
     _check_unmodified(slots, calls)
-    for c, g in zip(direct, grads[len(targets_) - len(direct):]):
+    for c, g in zip(direct, grads):
         on_grad(c, c.zeros() if g is None else g)
     for c in hooked:
         if id(c) not in seen:  # output unused by the loss
@@ -123,10 +124,9 @@ def capture(
     return losses, calls
 
 
-def _nodes_reaching(root, leaf: torch.Tensor) -> set:
-    """Autograd nodes from which `leaf` is reachable: those the input's gradient runs through."""
-    target = get_gradient_edge(leaf).node
-    reaching = {target}
+def _nodes_reaching(root, targets: set) -> set:
+    """Autograd nodes from which a node in `targets` is reachable (targets included)."""
+    reaching = set(targets)
     done: set = set()
     stack = [(root, False)]
     while stack:
