@@ -214,6 +214,10 @@ def _describe(config: RunConfig, prepared: PreparedData, parts: TrainingParts) -
     dataset = prepared.dataset
     text = (f"{dataset.name} ({len(dataset.train)} train / {len(dataset.val)} val / "
             f"{len(dataset.test)} test), model {config.model}, {config.epochs} epochs")
+    if parts.privacy is not None:
+        text += "\n" + parts.privacy.describe()
+    else:
+        text += ", non-private"
     if "imbalance" in prepared.records:
         record = prepared.records["imbalance"]
         text += (f"\nimbalance: {record['minority_group']} is "
@@ -221,10 +225,6 @@ def _describe(config: RunConfig, prepared: PreparedData, parts: TrainingParts) -
                  f"{record['test']['group_share']:.2%} of test ({record['test_composition']})")
     if "perturbation" in prepared.records:
         text += "\nperturbation: " + prepared.records["perturbation"]["statement"]
-    if parts.privacy is not None:
-        text += "\n" + parts.privacy.describe()
-    else:
-        text += ", non-private"
     return text
 
 
