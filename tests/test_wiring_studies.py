@@ -11,8 +11,11 @@ from typing import Any
 
 import pytest
 
-from dpscope.study import build_report, load_spec, run_study
-from dpscope.study_sections import register_sections
+from typer.testing import CliRunner
+
+from dpscope.cli import app
+from dpscope.study import load_spec, run_study
+from dpscope.study.report import REPORT_FILE
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 TINY_BASE = {"dataset": "digits", "model": "mlp", "epochs": 1, "threads": 1, "batch_size": 128,
@@ -85,11 +88,12 @@ def test_perturbation_study_pairs_every_mechanism_with_dpsgd_at_each_epsilon():
 
 
 def _run(spec: Path, folder: Path) -> tuple[Path, str]:
+    """Run the study, then `dpscope report` (which registers the wiring's report sections)."""
     result = run_study(load_spec(spec), folder / "study")
     assert result.ok
-    register_sections()
-    report = build_report(result.study_dir)
-    return result.study_dir, report.read_text()
+    report = CliRunner().invoke(app, ["report", str(result.study_dir)])
+    assert report.exit_code == 0, report.output
+    return result.study_dir, (result.study_dir / REPORT_FILE).read_text()
 
 
 @pytest.mark.slow

@@ -45,12 +45,13 @@ def user_errors_exit_2(command):
 
 
 @app.callback()
-def _before_any_command() -> None:
-    # the study report's fairness and perturbation sections (dpscope.study_sections);
-    # registered here, when a command runs, so that `dpscope --help` imports no torch
-    from dpscope.study_sections import register_sections
+def _before_any_command(context: typer.Context) -> None:
+    # the study report's fairness and perturbation sections (dpscope.study_sections), added
+    # only for `report`: registering imports torch, which other commands' --help should not
+    if context.invoked_subcommand == "report":
+        from dpscope.study_sections import register_sections
 
-    register_sections()
+        register_sections()
 
 
 def _given(**options) -> dict:
