@@ -111,3 +111,20 @@ def test_private_copy_of_an_npz_perturbs_the_file(tmp_path):
         assert not np.array_equal(copy["train_images"], arrays["train_images"])
     with pytest.raises(DataError):
         write_private_copy(str(tmp_path / "missing.npz"), "laplace:eps=1", tmp_path / "c2.npz")
+
+
+@pytest.mark.slow
+def test_train_flags_reach_the_run(tmp_path):
+    run = tmp_path / "run"
+    result = in_process("train", "--model", "mlp", "--epochs", "1", "--threads", "1", "--quiet",
+                        "--minority-group", "3", "--majority-share", "0.99",
+                        "--imbalance-test", "same_imbalance", "--perturb", "laplace:eps=4",
+                        "--dynamics-every-steps", "4", "--out", str(run))
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert (config["groups"], config["track_dynamics"]) == ("class", True)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["imbalance"]["test"]["group_share"] == pytest.approx(0.01, abs=0.005)
+    assert summary["perturbation"]["parameters"]["epsilon"] == 4.0
+    assert "fairness" in summary and (run / "dynamics.json").is_file()
+    _one_error_line(in_process("train", "--imbalance-test", "half"), "imbalance_test")
