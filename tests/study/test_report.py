@@ -130,3 +130,30 @@ def test_layer_dynamics_section_appears_for_runs_that_recorded_them(tmp_path):
     page = build_report(result.study_dir).read_text()
     dynamics = page[page.index('<section id="dynamics">'):page.index('<section id="runs">')]
     assert "Layer-wise learning dynamics" in dynamics and "data:image/png;base64," in dynamics
+
+
+def _view(run_id: str, **config):
+    from pathlib import Path
+
+    from dpscope.study.report import RunView
+    from dpscope.study.store import RunRecord
+
+    record = RunRecord(
+        id=run_id, position=0, config=config, status="finished", attempts=1, created_at="",
+        started_at=None, finished_at=None, wall_seconds=None, resumed_from_epoch=None, error=None,
+        traceback=None, test_accuracy=0.9, test_balanced_accuracy=None, test_auc=None,
+        test_loss=None, epsilon=config.get("epsilon"), delta=None, seconds=1.0, summary={})
+    return RunView(record, Path(run_id), {}, [])
+
+
+def test_curves_keep_their_non_private_reference_when_dp_uses_other_hyperparameters():
+    from pathlib import Path
+
+    from dpscope.study.report import StudyData
+
+    runs = [_view(f"{name}-{model}", model=model, epsilon=eps, lr=lr, seed=0)
+            for model in ("cnn", "resnet18")
+            for name, eps, lr in (("nonprivate", None, 0.05), ("eps1", 1.0, 2.0), ("eps8", 8.0, 2.0))]
+    series = StudyData(Path("."), "s", "", "", runs).series()
+    assert sorted(series) == ["model=cnn", "model=resnet18"]
+    assert sorted(r.id for r in series["model=cnn"]) == ["eps1-cnn", "eps8-cnn", "nonprivate-cnn"]

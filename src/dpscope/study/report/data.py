@@ -79,10 +79,13 @@ class StudyData:
         return self.dir / "figures"
 
     def series(self) -> dict[str, list[RunView]]:
-        """Finished runs grouped by the options that vary between them (besides epsilon, seed)."""
+        """Finished runs grouped into curves: by the options that vary among the private runs or
+        among the non-private ones (besides epsilon and seed). Options that differ only between
+        private and non-private runs (a larger batch and learning rate for DP-SGD) do not split
+        a curve from its non-private reference."""
         runs = self.finished
-        varying = sorted({k for r in runs for k, v in r.config.items()
-                          if k not in _NOT_SERIES and any(o.config.get(k) != v for o in runs)})
+        varying = sorted((_varying([r for r in runs if r.private])
+                          | _varying([r for r in runs if not r.private])) - _NOT_SERIES)
         groups: dict[str, list[RunView]] = defaultdict(list)
         for run in runs:
             label = ", ".join(f"{k}={run.config.get(k)}" for k in varying) or "all runs"
@@ -100,6 +103,11 @@ class StudyData:
         encoded = base64.b64encode(data).decode("ascii")
         return (f'<img class="figure" alt="{html.escape(alt)}" '
                 f'src="data:image/png;base64,{encoded}">')
+
+
+def _varying(runs: list[RunView]) -> set[str]:
+    keys = {k for r in runs for k in r.config}
+    return {k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1}
 
 
 def load_study(study_dir: Path) -> StudyData:
