@@ -15,14 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dpscope.bench.accuracy import (
-    NONPRIVATE_RECIPES,
-    PRIVATE_RECIPES,
-    VARIANTS,
-    override,
-    plan_grid,
-    run_accuracy_benchmark,
-)
+from dpscope.bench.accuracy import VARIANTS, plan_grid, run_accuracy_benchmark
 
 
 def main() -> None:
@@ -34,7 +27,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--accountant", choices=("pld", "rdp"), default="pld",
                         help="dpscope's accountant; Opacus gets rdp for rdp and prv for pld")
-    group = parser.add_argument_group("private recipe overrides (default: the tuned recipe per dataset)")
+    group = parser.add_argument_group("private recipe overrides (default: the tuned recipe per dataset and epsilon)")
     group.add_argument("--batch-size", type=int, help="expected batch size")
     group.add_argument("--lr", type=float)
     group.add_argument("--momentum", type=float)
@@ -46,14 +39,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="default: OUT/accuracy.json")
     args = parser.parse_args()
 
-    specs = []
-    for dataset in args.dataset:
-        private = override(PRIVATE_RECIPES[dataset], batch_size=args.batch_size, lr=args.lr,
-                           momentum=args.momentum, max_grad_norm=args.max_grad_norm, epochs=args.epochs)
-        public = override(NONPRIVATE_RECIPES[dataset], epochs=args.epochs)
-        specs += plan_grid([dataset], args.models, args.epsilons, args.seeds, args.variants,
-                           accountant=args.accountant, threads=args.threads,
-                           private_recipe=private, nonprivate_recipe=public)
+    changes = dict(batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                   max_grad_norm=args.max_grad_norm, epochs=args.epochs)
+    specs = plan_grid(args.dataset, args.models, args.epsilons, args.seeds, args.variants,
+                      accountant=args.accountant, threads=args.threads, private_changes=changes,
+                      nonprivate_changes=dict(epochs=args.epochs))
     run_accuracy_benchmark(specs, args.out, jobs=args.jobs, json_path=args.json or args.out / "accuracy.json")
 
 

@@ -7,8 +7,14 @@ import math
 
 import pytest
 
+from dpscope.errors import ConfigError
+
+from dataclasses import asdict
+
 from dpscope.bench.accuracy import (
+    PRIVATE_RECIPES,
     Recipe,
+    private_recipe,
     aggregate,
     check_targets,
     format_table,
@@ -32,7 +38,7 @@ def test_mean_spread_is_mean_and_sample_std() -> None:
 
 def test_grid_puts_each_dpscope_run_next_to_its_opacus_twin() -> None:
     specs = plan_grid(["digits"], ["cnn"], [1.0, 8.0], [0, 1], ["nonprivate", "dpscope", "opacus"],
-                      private_recipe=TINY)
+                      private_changes=asdict(TINY))
     assert len(specs) == 2 * (1 + 2 * 2)
     variants = [s.variant for s in specs]
     for i, variant in enumerate(variants):
@@ -41,6 +47,17 @@ def test_grid_puts_each_dpscope_run_next_to_its_opacus_twin() -> None:
             assert twin.variant == "opacus"
             assert (twin.epsilon, twin.seed, twin.recipe) == (specs[i].epsilon, specs[i].seed, TINY)
     assert len({s.name for s in specs}) == len(specs)
+
+
+def test_untuned_epsilon_borrows_the_closest_tuned_recipe_and_overrides_apply() -> None:
+    tuned = {eps for name, eps in PRIVATE_RECIPES if name == "pneumoniamnist"}
+    assert {1.0, 8.0} <= tuned
+    assert private_recipe("pneumoniamnist", 10.0) == PRIVATE_RECIPES[("pneumoniamnist", 8.0)]
+    assert private_recipe("pneumoniamnist", 0.5) == PRIVATE_RECIPES[("pneumoniamnist", 1.0)]
+    assert private_recipe("pneumoniamnist", 8.0, lr=0.1, epochs=None).lr == 0.1
+    assert private_recipe("somefile", 8.0, **asdict(TINY)) == TINY
+    with pytest.raises(ConfigError, match="no tuned recipe"):
+        private_recipe("somefile", 8.0, lr=0.1)
 
 
 def test_targets_compare_means_against_the_issue_thresholds() -> None:
@@ -61,7 +78,7 @@ def test_targets_compare_means_against_the_issue_thresholds() -> None:
 @pytest.mark.slow
 def test_digits_one_epoch_writes_record_and_reuses_finished_runs(tmp_path) -> None:
     specs = plan_grid(["digits"], ["cnn"], [8.0], [0], ["nonprivate", "dpscope", "opacus"],
-                      private_recipe=TINY, nonprivate_recipe=TINY)
+                      private_changes=asdict(TINY), nonprivate_changes=asdict(TINY))
     lines: list[str] = []
     json_path = tmp_path / "accuracy.json"
     record = run_accuracy_benchmark(specs, tmp_path / "out", json_path=json_path, echo=lines.append)
