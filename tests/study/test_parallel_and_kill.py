@@ -20,7 +20,7 @@ from dpscope.io import read_jsonl
 from dpscope.study import ResultsStore, load_spec, run_dir, run_study
 from dpscope.study.store import STORE_FILE
 
-EPOCHS = 4
+EPOCHS = 5
 SPEC = f"""\
 [base]
 dataset = "digits"
@@ -73,9 +73,12 @@ def _processes_with(marker: str) -> list[int]:
 
 
 def _mid_run(study_dir: Path) -> bool:
-    """The store holds a finished run and another run has a checkpoint but no summary yet."""
+    """The store holds a finished run and another run has a checkpoint, at least two epochs
+    from its end (so it cannot finish between this check and the kill)."""
     folders = [p for p in (study_dir / "runs").glob("*") if p.is_dir()] if study_dir.exists() else []
-    started = [p for p in folders if (p / "checkpoint.pt").exists() and not (p / "summary.json").exists()]
+    started = [p for p in folders if (p / "checkpoint.pt").exists()
+               and not (p / "summary.json").exists()
+               and len(read_jsonl(p / "metrics.jsonl")) <= EPOCHS - 2]
     if not started:
         return False
     with closing(sqlite3.connect(f"file:{study_dir / STORE_FILE}?mode=ro", uri=True, timeout=5)) as db:

@@ -8,9 +8,13 @@ reports results the same way and nothing depends on pickling exceptions.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import json
 import os
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -23,6 +27,7 @@ from dpscope.errors import ConfigError, DpscopeError
 from dpscope.run_folder import RunFolder
 
 PARENT_POLL_S = 0.5
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -116,12 +121,14 @@ _watching: set[int] = set()
 
 
 def _exit_with_parent(parent_pid: int) -> None:
-    """A worker whose study was killed stops within PARENT_POLL_S instead of training on."""
-    if os.getppid() != parent_pid:
-        os._exit(1)
+    """A worker whose study was killed stops at once (Linux) or within PARENT_POLL_S,
+    instead of training on beside the study that replaces it."""
     if parent_pid in _watching:
         return
     _watching.add(parent_pid)
+    _kill_me_with_parent()
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -129,3 +136,17 @@ def _exit_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="dpscope-parent-watch", daemon=True).start()
+
+
+def _kill_me_with_parent() -> None:
+    """Linux: ask the kernel to SIGKILL this process when its parent dies (PR_SET_PDEATHSIG).
+
+    Safe for pool workers: they are spawned by the thread running the study, which outlives
+    the pool."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # the polling thread still stops it
