@@ -1,6 +1,6 @@
 """Set up dpscope in a local virtual environment and run its main job or its tests.
 
-    python3 dev.py demo    # install (once), then train on the embedded digits data
+    python3 dev.py demo    # install (once), then the quickstart study on digits and its report
     python3 dev.py test    # install (once), then run the whole test suite
 
 Only Python 3.11+ and pip are needed. The environment lives in .venv and is reused: a second
@@ -78,7 +78,10 @@ def main(argv: list[str]) -> int:
     ensure_installed()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if argv[0] == "demo":
-        return _run([BIN / "dpscope", "train", *argv[1:]], env=env)
+        status = _run([BIN / "dpscope", "study", "studies/quickstart.toml", *argv[1:]], env=env)
+        if status != 0:
+            return status
+        return _run([BIN / "dpscope", "report", "studies_out/quickstart"], env=env)
     if argv[0] == "test":
         ensure_chromium()
         return _run([PYTHON, "-m", "pytest", "-q", *argv[1:]], env=env)

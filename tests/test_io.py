@@ -27,3 +27,13 @@ def test_append_jsonl_keeps_order(tmp_path):
     for i in range(3):
         append_jsonl_atomic(target, {"epoch": i})
     assert [r["epoch"] for r in read_jsonl(target)] == [0, 1, 2]
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    target = tmp_path / "report.html"
+    write_json_atomic(target, {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -68,3 +68,11 @@ def test_config_errors_name_the_field():
         make_run_config(epsilon=1.0, noise_multiplier=1.0)
     with pytest.raises(ConfigError, match="unknown_option"):
         make_run_config(unknown_option=3)
+
+
+def test_new_run_discards_metrics_left_by_a_run_killed_before_its_first_checkpoint(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"epoch": 0, "stale": true}\n')
+    train(make_run_config(**{**SMALL, "epochs": 1}), run_dir=tmp_path / "run")
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert len(rows) == 1 and "stale" not in rows[0]

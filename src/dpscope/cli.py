@@ -44,16 +44,6 @@ def user_errors_exit_2(command):
     return wrapper
 
 
-@app.callback()
-def _before_any_command(context: typer.Context) -> None:
-    # the study report's fairness and perturbation sections (dpscope.study_sections), added
-    # only for `report`: registering imports torch, which other commands' --help should not
-    if context.invoked_subcommand == "report":
-        from dpscope.study_sections import register_sections
-
-        register_sections()
-
-
 def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None and v is not False}
 

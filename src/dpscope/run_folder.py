@@ -98,6 +98,7 @@ class RunFolder:
                 f"run folder {self.path} already holds a run; pass --resume to continue it "
                 "or choose another --out"
             )
+        self.metrics_path.unlink(missing_ok=True)  # left by a run killed before its checkpoint
 
     def write_config(self, config: RunConfig) -> None:
         payload = {"config": json.loads(config.model_dump_json()), "environment": environment()}

@@ -1,9 +1,8 @@
 """Study report sections for who pays for privacy (fairness under imbalance) and for input
 perturbation. They read what runs recorded in summary.json (`fairness`, `imbalance`,
 `perturbation`) and never train; the perturbation section draws its example images by
-applying the mechanisms to one training image, when the dataset can be loaded.
-
-    register_sections()   # adds both to dpscope.study's report (the `dpscope` CLI does this)
+applying the mechanisms to one training image, when the dataset can be loaded. Both are
+listed (by name, imported lazily) in dpscope.study.report.sections.
 """
 
 from __future__ import annotations
@@ -16,20 +15,12 @@ from matplotlib.figure import Figure
 
 from dpscope.study.report.data import RunView, StudyData, mean_and_spread
 from dpscope.study.report.figures import NON_PRIVATE, PALETTE
-from dpscope.study.report.figures import _style  # the report's one axes style
+from dpscope.study.report.figures import style_axes
 
-__all__ = ["fairness_section", "perturbation_section", "register_sections"]
+__all__ = ["fairness_section", "perturbation_section"]
 
 DPSGD = "dpsgd"
 _FAIRNESS_GAPS = ("accuracy_difference", "equal_opportunity_difference")
-
-
-def register_sections() -> None:
-    """Add the fairness and perturbation sections to the study report (before all runs)."""
-    from dpscope.study.report import register_section
-
-    register_section("fairness", "Fairness", f"{__name__}:fairness_section")
-    register_section("perturbation", "Input perturbation", f"{__name__}:perturbation_section")
 
 
 # -- shared helpers -------------------------------------------------------------------------
@@ -113,7 +104,7 @@ def fairness_section(study: StudyData) -> str | None:
                           for share in shares]
                 _line(ax, list(range(len(shares))), values, colour, level)
             ax.set_xticks(range(len(shares)), [f"{s:g}" for s in shares])
-            _style(ax, f"{setting}: {metric.replace('_', ' ')}", "majority share", metric
+            style_axes(ax, f"{setting}: {metric.replace('_', ' ')}", "majority share", metric
                         .replace("_", " "))
             if column == 0:
                 ax.legend(fontsize=8, frameon=False)
@@ -192,7 +183,7 @@ def perturbation_section(study: StudyData) -> str | None:
         ticks = sorted({e for m in curves for e in methods[m] if e is not None})
         ax.set_xticks(ticks, [f"{e:g}" for e in ticks])
         ax.minorticks_off()
-        _style(ax, title, "epsilon (each method's own parameter)", title)
+        style_axes(ax, title, "epsilon (each method's own parameter)", title)
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     img = study.figure("perturbation", fig, "accuracy and AUC against epsilon per mechanism")

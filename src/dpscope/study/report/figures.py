@@ -19,7 +19,7 @@ PALETTE = ["#1f5fa8", "#d1495b", "#2e8b57", "#e8a33d", "#6a4c93", "#00798c", "#8
 NON_PRIVATE = "non-private"
 
 
-def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
+def style_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_title(title, fontsize=11, loc="left")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -67,7 +67,7 @@ def privacy_utility_figure(series: dict[str, list[RunView]]) -> Figure | None:
         ax.set_xscale("log")
         ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
         ax.xaxis.set_minor_formatter(NullFormatter())
-        _style(ax, f"{name} vs privacy budget", "epsilon (log scale)", name)
+        style_axes(ax, f"{name} vs privacy budget", "epsilon (log scale)", name)
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
@@ -94,7 +94,7 @@ def per_class_figure(series: dict[str, list[RunView]]) -> Figure | None:
             ax.plot(range(len(ticks)), means, marker="o", color=colour, linewidth=1.5, label=str(name))
         ax.set_xticks(range(len(ticks)), ticks)
         ax.set_ylim(-0.02, 1.02)
-        _style(ax, label, "epsilon", "test accuracy of the class")
+        style_axes(ax, label, "epsilon", "test accuracy of the class")
         ax.legend(fontsize=7, frameon=False, ncol=2 if len(classes) > 5 else 1)
     fig.tight_layout()
     return fig
@@ -122,7 +122,7 @@ def training_curves_figure(series: dict[str, list[RunView]]) -> Figure | None:
                                 [max(col) if col else math.nan for col in columns],
                                 color="#111827" if eps is None else colour, alpha=0.12, linewidth=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        _style(ax, label, "epoch", "validation accuracy")
+        style_axes(ax, label, "epoch", "validation accuracy")
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
