@@ -101,6 +101,8 @@ def test_digits_one_epoch_writes_record_and_reuses_finished_runs(tmp_path) -> No
 
     again = run_accuracy_benchmark(specs, tmp_path / "out", echo=lambda _: None)
     for first, second in zip(record["rows"], again["rows"]):  # read back, not retrained
+        assert not first["reused"] and second["reused"]
+        assert first["load_before"] == second["load_before"] and len(first["load_after"]) == 3
         assert math.isclose(first["seconds"], second["seconds"])
         assert first["test_accuracy"] == second["test_accuracy"]
     assert len(aggregate(again["rows"])) == 3 and format_table(aggregate(again["rows"]))

@@ -174,17 +174,27 @@ def run_one(spec: RunSpec, runs_dir: Path) -> dict[str, Any]:
     """Train `spec` (or read its finished folder) and return its result row."""
     torch.set_num_threads(spec.threads)
     run_dir = runs_dir / spec.name
+    finished = _finished_summary(run_dir)
+    if finished is not None:  # trained by an earlier invocation
+        loads = _read_json(run_dir / LOAD_FILE) or {"before": None, "after": None}
+        return _row(spec, finished, _last_metrics(run_dir), loads["before"], loads["after"], True)
     load_before = os.getloadavg()
-    if spec.variant == "opacus":
-        summary = _finished_summary(run_dir) or _train_opacus(spec, run_dir)
-    else:
-        summary = _finished_summary(run_dir) or _train_dpscope(spec, run_dir)
-    return _row(spec, summary, _last_metrics(run_dir), load_before, os.getloadavg())
+    train_run = _train_opacus if spec.variant == "opacus" else _train_dpscope
+    summary = train_run(spec, run_dir)
+    load_after = os.getloadavg()
+    write_json_atomic(run_dir / LOAD_FILE, {"before": load_before, "after": load_after})
+    return _row(spec, summary, _last_metrics(run_dir), load_before, load_after, False)
+
+
+LOAD_FILE = "bench_load.json"  # machine load around the run, kept beside the run folder's files
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _finished_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _read_json(run_dir / "summary.json")
 
 
 def _last_metrics(run_dir: Path) -> dict[str, Any]:
@@ -281,7 +291,9 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
 
 
 def _row(spec: RunSpec, summary: dict[str, Any], last: dict[str, Any],
-         load_before: tuple[float, ...], load_after: tuple[float, ...]) -> dict[str, Any]:
+         load_before: Sequence[float] | None, load_after: Sequence[float] | None,
+         reused: bool) -> dict[str, Any]:
+    """One result row; loads are the 1/5/15-min load averages around training (None: unknown)."""
     return {
         "dataset": spec.dataset, "model": spec.model, "variant": spec.variant,
         "target_epsilon": spec.epsilon, "seed": spec.seed, "run": spec.name,
@@ -293,7 +305,9 @@ def _row(spec: RunSpec, summary: dict[str, Any], last: dict[str, Any],
         "accountant": summary.get("accountant"),
         "noise_multiplier": summary.get("noise_multiplier"),
         "sample_rate": summary.get("sample_rate"), "steps": summary.get("steps"),
-        "load_before": list(load_before), "load_after": list(load_after),
+        "reused": reused,
+        "load_before": None if load_before is None else list(load_before),
+        "load_after": None if load_after is None else list(load_after),
     }
 
 
