@@ -63,15 +63,17 @@ def test_untuned_epsilon_borrows_the_closest_tuned_recipe_and_overrides_apply() 
 def test_targets_compare_means_against_the_issue_thresholds() -> None:
     def group(variant, eps, acc, seconds):
         return {"dataset": "pneumoniamnist", "model": "cnn", "variant": variant, "target_epsilon": eps,
-                "test_accuracy": {"mean": acc}, "test_auc": {"mean": 0.96}, "seconds": {"mean": seconds},
-                "sample_rate": 1 / 11, "steps": 220}
+                "test_accuracy": {"mean": acc}, "test_auc": {"mean": 0.96},
+                "seconds_by_seed": dict(enumerate(seconds)), "sample_rate": 1 / 11, "steps": 220}
 
-    checks = check_targets([group("nonprivate", None, 0.90, 10), group("dpscope", 1.0, 0.84, 20),
-                            group("dpscope", 8.0, 0.88, 40), group("opacus", 8.0, 0.88, 100)])
+    # per-seed ratios 0.4, 0.4, 0.9: median 0.4 (the ratio of means, 0.58, would mix the loads)
+    checks = check_targets([group("nonprivate", None, 0.90, [10]), group("dpscope", 1.0, 0.84, [20]),
+                            group("dpscope", 8.0, 0.88, [40, 40, 900]),
+                            group("opacus", 8.0, 0.88, [100, 100, 1000])])
     met = {c["target"]: c["met"] for c in checks}
     assert met["cnn eps 8 test accuracy >= 0.87"] and met["cnn eps 8 test AUC >= 0.95"]
     assert not met["cnn eps 1 within 5 points of non-private accuracy (gap)"]  # gap 0.06
-    assert met["cnn eps 8 wall time <= 0.5 x Opacus (ratio)"]  # 0.4
+    assert met["cnn eps 8 wall time <= 0.5 x Opacus (median per-seed ratio)"]
     assert met["cnn eps 8 same sampler as Opacus (q, steps)"]
 
 
