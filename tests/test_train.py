@@ -76,3 +76,10 @@ def test_new_run_discards_metrics_left_by_a_run_killed_before_its_first_checkpoi
     train(make_run_config(**{**SMALL, "epochs": 1}), run_dir=tmp_path / "run")
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert len(rows) == 1 and "stale" not in rows[0]
+
+
+def test_private_runs_default_to_a_dp_recipe_but_keep_given_options():
+    private = make_run_config(epsilon=3.0)
+    assert (private.batch_size, private.lr, private.momentum) == (256, 0.5, 0.0)
+    assert make_run_config(epsilon=3.0, lr=0.1).lr == 0.1
+    assert make_run_config().batch_size == 64

@@ -19,6 +19,9 @@ AccountantName = Literal["pld", "rdp"]
 TestComposition = Literal["balanced", "same_imbalance"]
 
 
+PRIVATE_DEFAULTS = {"batch_size": 256, "lr": 0.5, "momentum": 0.0}
+
+
 class RunConfig(BaseModel):
     """One training run. Private when `epsilon` or `noise_multiplier` is set."""
 
@@ -65,6 +68,19 @@ class RunConfig(BaseModel):
         "e.g. 0.99 leaves the minority group 1 %")
     imbalance_test: TestComposition = Field(
         "balanced", description="test set: balanced (minority 50 %) or same_imbalance as training")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _private_defaults(cls, values: Any) -> Any:
+        """Private runs default to a DP-SGD recipe (large batch, large lr, no momentum).
+
+        Noise per update shrinks with the expected batch, so the non-private defaults (64,
+        0.05, 0.9) learn little under DP; options the user gives are never changed.
+        """
+        if isinstance(values, dict) and (values.get("epsilon") is not None
+                                         or values.get("noise_multiplier") is not None):
+            return {**PRIVATE_DEFAULTS, **values}
+        return values
 
     @model_validator(mode="after")
     def _privacy_options_consistent(self) -> "RunConfig":
