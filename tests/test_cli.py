@@ -56,3 +56,14 @@ def test_resume_refuses_new_options(tmp_path):
                    cwd=tmp_path).returncode == 0
     result = dpscope("train", "--resume", "--out", str(run), "--lr", "1", cwd=tmp_path)
     assert result.returncode == 2 and "--lr" in result.stderr
+
+
+def test_bench_clipping_runs_a_tiny_case_and_refuses_unknown_variants(tmp_path):
+    out = tmp_path / "bench.json"
+    result = dpscope("bench", "clipping", "--case", "mlp:4", "--variant", "nonprivate",
+                     "--variant", "auto", "--repeats", "1", "--no-memory", "--threads", "1",
+                     "--json", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "auto" in result.stdout and json.loads(out.read_text())
+    bad = dpscope("bench", "clipping", "--variant", "bogus", cwd=tmp_path)
+    assert bad.returncode == 2 and "bogus" in bad.stderr and "Traceback" not in bad.stderr

@@ -44,6 +44,35 @@ def user_errors_exit_2(command):
     return wrapper
 
 
+@bench_app.command("clipping")
+@user_errors_exit_2
+def bench_clipping(
+    case: Annotated[Optional[list[str]], typer.Option(help="MODEL:BATCH, repeatable (default: cnn:32 cnn:128 resnet20:32 resnet20:128 wrn16_4:32 vit_tiny:64)")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(help="nonprivate, a strategy, opacus_hooks or opacus_ghost; repeatable (default: all)")] = None,
+    repeats: Annotated[int, typer.Option(help="timed steps per variant; the median is reported")] = 7,
+    threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+    cpu_time: Annotated[bool, typer.Option("--cpu-time", help="time by process CPU time (for a busy machine, with --threads 1)")] = False,
+    no_memory: Annotated[bool, typer.Option("--no-memory", help="skip the per-variant memory measurement")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the full record here")] = None,
+) -> None:
+    """Per-step time and peak memory of every clipping strategy against non-private training."""
+    from dpscope.bench.clipping import DEFAULT_CASES, VARIANTS, run_clipping_benchmark
+    from dpscope.errors import ConfigError
+
+    cases = DEFAULT_CASES
+    if case:
+        try:
+            cases = tuple((name, int(batch)) for name, batch in (c.split(":") for c in case))
+        except ValueError:
+            raise ConfigError(f"--case takes MODEL:BATCH, e.g. cnn:128; got {case}") from None
+    unknown = sorted(set(variant or ()) - set(VARIANTS))
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    run_clipping_benchmark(cases, tuple(variant) if variant else VARIANTS, repeats=repeats,
+                           threads=threads, cpu_time=cpu_time, memory=not no_memory,
+                           json_path=str(json_path) if json_path else None)
+
+
 def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None and v is not False}
 
