@@ -89,6 +89,7 @@ class PrivateTraining:
         self.optimizer = optimizer
         self.strategy = strategy
         self._param_bounds = param_bounds  # per-layer clipping: parameter name -> bound
+        self._epsilon_cache: tuple[Any, float] = (None, 0.0)
 
     @property
     def ledger(self):
@@ -102,7 +103,12 @@ class PrivateTraining:
         return None if self.can_step() else self.plan.budget_stop_message(self.ledger)
 
     def epsilon_spent(self) -> float:
-        return self.ledger.epsilon(self.plan.delta, self.plan.accountant) if self.ledger.steps else 0.0
+        """The accountant's epsilon for the ledger, computed once per ledger state (it is slow)."""
+        key = (self.ledger.steps, tuple(self.ledger.segments))
+        if self._epsilon_cache[0] != key:
+            value = self.ledger.epsilon(self.plan.delta, self.plan.accountant) if self.ledger.steps else 0.0
+            self._epsilon_cache = (key, value)
+        return self._epsilon_cache[1]
 
     def epoch_record(self) -> dict[str, Any]:
         return {"epsilon": self.epsilon_spent(), "privacy_steps": self.ledger.steps}
