@@ -13,8 +13,6 @@ from typing import Any, Iterator, Protocol
 import torch
 import torch.nn.functional as F
 
-from dpscope.config import RunConfig
-from dpscope.errors import ConfigError
 
 
 def per_example_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -53,15 +51,3 @@ class MeanGradient:
         losses = per_example_cross_entropy(self.model(inputs), targets)
         losses.mean().backward()
         return GradientResult(loss_sum=float(losses.detach().sum()), batch_size=len(targets))
-
-
-def build_torch_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose sgd, adam or adamw")

@@ -27,12 +27,12 @@ from dpscope.data.poisson import ShuffledBatchSampler
 from dpscope.dataset_prep import PreparedData, fairness_entry, prepare_dataset
 from dpscope.metrics import classification_metrics, predict
 from dpscope.models import build_model
+from dpscope.optim import make_torch_optimizer
 from dpscope.run_folder import RunFolder, default_run_dir
 from dpscope.steps import (
     BatchSampler,
     GradientStep,
     MeanGradient,
-    build_torch_optimizer,
 )
 
 
@@ -73,7 +73,9 @@ def build_training_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Mo
     return TrainingParts(
         sampler=ShuffledBatchSampler(len(dataset.train), config.batch_size, seed=config.seed),
         gradient_step=MeanGradient(model),
-        optimizer=build_torch_optimizer(config, model.parameters()),
+        optimizer=make_torch_optimizer(model.parameters(), kind=config.optimizer, lr=config.lr,
+                                       momentum=config.momentum,
+                                       weight_decay=config.weight_decay),
     )
 
 

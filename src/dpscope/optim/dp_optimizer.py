@@ -170,12 +170,19 @@ def make_dp_optimizer(params: Iterable[torch.Tensor] | Mapping[str, torch.Tensor
 
     Pass `dict(model.named_parameters())` to get parameter names in step reports.
     """
+    named = dict(params) if isinstance(params, Mapping) else None
+    inner = make_torch_optimizer(named.values() if named is not None else params, kind=kind, lr=lr,
+                                 momentum=momentum, weight_decay=weight_decay)
+    return DPOptimizer.from_plan(inner, plan, param_names=named, **options)
+
+
+def make_torch_optimizer(params: Iterable[torch.Tensor], *, kind: str = "sgd", lr: float,
+                         momentum: float = 0.0, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The plain torch optimizer over the trainable `params` (non-private runs use it directly)."""
     if kind not in _INNER:
         raise ConfigError(f"unknown optimizer {kind!r}; choose one of {', '.join(_INNER)}")
-    named = dict(params) if isinstance(params, Mapping) else None
-    trainable = [p for p in (named.values() if named is not None else params) if p.requires_grad]
-    inner = _INNER[kind](trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return DPOptimizer.from_plan(inner, plan, param_names=named, **options)
+    trainable = [p for p in params if p.requires_grad]
+    return _INNER[kind](trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def _sgd(params, *, lr, momentum, weight_decay):
