@@ -67,3 +67,18 @@ def test_both_are_finite_and_non_negative_for_any_finite_weights(triples):
     w_t = t([b for _, b, _ in triples])
     for value in (rwc_mean_ratio(w_t, w_prev), rwc_l1(w_t, w_prev)):
         assert math.isfinite(value) and value >= 0
+
+
+def test_weight_scales_are_the_denominators_of_both_forms():
+    from dpscope.dynamics.rwc import weight_scales_tensor
+
+    w_prev = t([[0.0, 2.0], [-0.5, -4.0]])
+    abs_mean, inv_mean = weight_scales_tensor(w_prev).tolist()
+    assert abs_mean == pytest.approx(6.5 / 4)
+    assert inv_mean == pytest.approx((0.5 + 2.0 + 0.25) / 3)  # zeros left out, as in the mean ratio
+    # a change of the same size everywhere: each RWC form is that size times its scale
+    w_t = w_prev + t([[0.1, -0.1], [0.1, 0.1]])
+    nonzero = w_prev != 0
+    assert rwc_l1(w_t, w_prev) == pytest.approx(0.1 / abs_mean)
+    assert rwc_mean_ratio(w_t[nonzero], w_prev[nonzero]) == pytest.approx(0.1 * inv_mean)
+    assert weight_scales_tensor(torch.zeros(2, 2)).tolist() == [0.0, 0.0]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rwc_mean_ratio", "rwc_l1"]
+__all__ = ["rwc_mean_ratio", "rwc_l1", "weight_scales_tensor"]
 
 
 def _check_shapes(w_t: torch.Tensor, w_prev: torch.Tensor) -> None:
@@ -70,3 +70,16 @@ def rwc_l1(w_t: torch.Tensor, w_prev: torch.Tensor) -> float:
     """||w_t - w_prev||_1 / ||w_prev||_1 (the paper's equation); a zero previous norm gives
     1.0 if the layer changed and 0.0 if not."""
     return float(rwc_l1_tensor(w_t, w_prev))
+
+
+def weight_scales_tensor(w_prev: torch.Tensor) -> torch.Tensor:
+    """What each RWC form divides by, as a float64 tensor [mean |w_prev|, mean over non-zero
+    elements of 1 / |w_prev|] (0 where there is none). A change dw independent of the
+    weights, such as DP noise, then has E[rwc_l1] = E|dw| / the first and
+    E[rwc_mean_ratio] = E|dw| * the second: how RWC is predicted from the noise alone."""
+    prev = w_prev.detach().to(torch.float64).abs()
+    nonzero = prev != 0
+    inverse = torch.where(nonzero, 1.0 / torch.where(nonzero, prev, torch.ones_like(prev)), 0.0)
+    count = nonzero.sum().clamp(min=1)
+    return torch.stack([prev.mean() if prev.numel() else prev.sum(),
+                        inverse.sum(dtype=torch.float64) / count])

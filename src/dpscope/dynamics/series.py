@@ -42,6 +42,10 @@ LAYER_METRICS: dict[str, str] = {
                                   "the layer's own bound (per-layer clipping only)",
     "noise_to_signal": "noise_std * sqrt(numel) / L2 norm of the clipped gradient sum "
                        "(ratio of interval means; private runs only)",
+    "weight_abs_mean": "mean over elements of |w_prev| at the interval's start (rwc_l1's "
+                       "denominator per element; weight units)",
+    "weight_inv_abs_mean": "mean over non-zero elements of 1 / |w_prev| at the interval's start "
+                           "(what rwc_mean_ratio weighs a change by; 1 / weight units)",
 }
 GLOBAL_METRICS: dict[str, str] = {
     "clipped_fraction": "fraction of examples whose whole-model gradient norm exceeds "
@@ -103,6 +107,8 @@ class DynamicsSeries:
         """(layers, points) float64 array of a layer metric; NaN where undefined."""
         if metric not in LAYER_METRICS:
             raise KeyError(f"unknown layer metric {metric!r}; known: {', '.join(LAYER_METRICS)}")
+        if self.points and not self.layer_metrics[metric]:  # recorded before the metric existed
+            return np.full((len(self.layers), len(self.points)), np.nan)
         values = np.asarray(self.layer_metrics[metric], dtype=np.float64)
         return values.reshape(len(self.points), len(self.layers)).T
 

@@ -21,6 +21,9 @@ interval from the loop's `StepReport`s (meanings in `series.LAYER_METRICS`):
 - `clipped_fraction_per_layer`: with per-layer clipping, the step reports the bounds as
   `StepReport.extra["per_layer_max_grad_norms"]` (parameter name -> bound); this is then the
   fraction of examples whose layer norm exceeds its bound. NaN otherwise.
+- `weight_abs_mean`, `weight_inv_abs_mean`: the scales the two RWC forms divide by, at the
+  interval's start (`rwc.weight_scales_tensor`), so RWC can be compared with what DP noise
+  alone would cause (`analyze.noise_prediction`).
 - `noise_to_signal`: sum over steps of noise_std * sqrt(numel) over the sum of the L2 norms
   of the layer's clipped gradient sum (a ratio of interval means, robust to the near-empty
   batches of Poisson sampling): the expected noise norm over the signal norm before noise.
@@ -41,7 +44,7 @@ from typing import Any
 import torch
 
 from dpscope.callbacks import Callback, LoopState, StepReport
-from dpscope.dynamics.rwc import rwc_l1_tensor, rwc_mean_ratio_tensor
+from dpscope.dynamics.rwc import rwc_l1_tensor, rwc_mean_ratio_tensor, weight_scales_tensor
 from dpscope.dynamics.series import DynamicsSeries, LayerInfo
 from dpscope.errors import DataError
 
@@ -252,9 +255,10 @@ class WeightChangeTracker(Callback):
         series, sums, counts = self._series, self._sums, self._counts
         with torch.no_grad():
             rwc = torch.stack([
-                torch.stack([rwc_mean_ratio_tensor(p, s), rwc_l1_tensor(p, s)])
+                torch.cat([torch.stack([rwc_mean_ratio_tensor(p, s), rwc_l1_tensor(p, s)]),
+                           weight_scales_tensor(s)])
                 for p, s in zip(self._params, self._snapshot)
-            ]).T.cpu().tolist()  # (2, L)
+            ]).T.cpu().tolist()  # (4, L)
             for s, p in zip(self._snapshot, self._params):
                 s.copy_(p)
         nan = torch.full_like(sums["grad"], math.nan)
@@ -263,6 +267,8 @@ class WeightChangeTracker(Callback):
         values = {
             "rwc_mean_ratio": rwc[0],
             "rwc_l1": rwc[1],
+            "weight_abs_mean": rwc[2],
+            "weight_inv_abs_mean": rwc[3],
             "grad_norm": sums["grad"] / counts["grad_count"] if counts["grad_count"] else nan,
             "clipped_share": sums["share"] / clipped if clipped else nan,
             "clipped_fraction_per_layer": (sums["layer_clipped"] / counts["bounded_examples"]
