@@ -150,9 +150,15 @@ def dynamics(
     out: Annotated[Path, typer.Option(help="folder for the figures and tables")] = Path("dynamics_out"),
     k: Annotated[Optional[int], typer.Option("--k", help="number of layer clusters (default: chosen by the elbow rule)")] = None,
     drop_first_last: Annotated[bool, typer.Option("--drop-first-last", help="leave the first and last layer out of the clustering")] = False,
+    metric: Annotated[str, typer.Option(help="RWC form clustered and drawn: rwc_l1 (||dw||_1/||w||_1, the paper's equation; prefer it) or rwc_mean (mean of |dw|/|w|, the authors' code: spikes on near-zero weights, which gives singleton clusters)")] = "rwc_mean",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
 ) -> None:
-    """Figures and tables of layer-wise learning dynamics from finished runs."""
+    """Figures and tables of layer-wise learning dynamics from finished runs, with the findings
+    (depth trend of RWC, most-changing layers, private runs against the noise alone)."""
+    from dpscope.dynamics.findings import RWC_METRICS
+
+    if metric not in RWC_METRICS:
+        raise ConfigError(f"--metric must be rwc_l1 or rwc_mean, got {metric!r}")
     from dpscope.dynamics import analyze_runs
 
     for run_dir in run_dirs:
@@ -163,10 +169,12 @@ def dynamics(
                               "(track_dynamics = true in a study spec)")
     if k is not None and k < 1:
         raise ConfigError(f"--k must be at least 1, got {k}")
-    written = analyze_runs(run_dirs, out, k=k, drop_first_last=drop_first_last)
+    written = analyze_runs(run_dirs, out, k=k, drop_first_last=drop_first_last, metric=metric)
     if not quiet:
         rows = [(run["title"], f"k={run['clusters']['k']}") for run in written["runs"]]
         _print_written("dynamics", rows, [*written["tables"], *written["figures"]])
+        for sentence in written["findings"]:
+            typer.echo(sentence)
 
 
 @app.command()

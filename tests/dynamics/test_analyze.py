@@ -85,9 +85,9 @@ def test_analyze_runs_writes_figures_and_tables(two_runs, tmp_path):
 
 @pytest.mark.slow
 def test_html_fragment_embeds_every_figure(two_runs):
-    fragment = dynamics_html(two_runs[:1], k=3)  # one private run: comparison + 5 figures
+    fragment = dynamics_html(two_runs[:1], k=3)  # one private run: 2 comparisons + 5 figures
     assert fragment.startswith('<section class="dpscope-dynamics">')
-    assert fragment.count("data:image/png;base64,") == 1 + 5
+    assert fragment.count("data:image/png;base64,") == 2 + 5  # no noise figure: no sigma, lr
     assert "k=3 given by the caller" in fragment
 
 
@@ -131,5 +131,5 @@ def test_runs_sharing_a_label_are_averaged_into_one_comparison_line():
     assert profiles.shape == (2, 3, 9)
     assert profiles[0, 1] == pytest.approx(np.nanmean(seeds[1].matrix("rwc_l1"), axis=1))
     fig = comparison_figure([("ε=8", s) for s in seeds] + [("non-private", synthetic_series(False))])
-    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["ε=8 (mean of 3 runs)", "non-private"]

@@ -31,11 +31,15 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from dpscope.dynamics.aggregate import LayerClusters, cluster_layers
+from dpscope.dynamics.findings import (PREFERRED_METRIC, RWC_METRICS, RunFindings,
+                                       finding_sentences, noise_predicted_rwc, run_findings,
+                                       rwc_metric_key)
 from dpscope.dynamics.plots import (block_curves_figure, cluster_curves_figure, cluster_map_figure,
-                                    comparison_figure, depth_ranges, figure_base64, privacy_figure,
-                                    rwc_heatmap_figure, save_figure)
-from dpscope.dynamics.series import LAYER_METRICS, DynamicsSeries, block_of, load_dynamics
-from dpscope.errors import DataError, DpscopeError
+                                    comparison_figure, depth_ranges, figure_base64, noise_figure,
+                                    privacy_figure, rwc_heatmap_figure, save_figure)
+from dpscope.dynamics.series import (LAYER_METRICS, DynamicsSeries, block_of, load_dynamics,
+                                     row_nanmean)
+from dpscope.errors import ConfigError, DataError, DpscopeError
 from dpscope.io import write_json_atomic, write_text_atomic
 
 __all__ = ["RunDynamics", "load_run", "analyze_runs", "dynamics_html"]
@@ -74,18 +78,30 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+_INFO_KEYS = ("epsilon", "target_epsilon", "model", "dataset", "noise_multiplier",
+              "max_grad_norm", "lr", "momentum", "optimizer", "weight_decay", "test_accuracy")
+
+
 def _run_info(run_dir: Path) -> dict[str, Any]:
+    """Labels and the settings the noise prediction needs: summary.json first, config.json
+    for what the summary lacks (a run still training has only its config)."""
     summary = _read_json(run_dir / "summary.json")
     config = _read_json(run_dir / "config.json")
     config = config.get("config", config)
-    info = {key: summary.get(key, config.get(key)) for key in ("epsilon", "model", "dataset")}
-    info["noise_multiplier"] = summary.get("noise_multiplier", config.get("noise_multiplier"))
+    info = {key: summary.get(key, config.get(key)) for key in _INFO_KEYS}
+    private = info["noise_multiplier"] is not None or info["epsilon"] is not None
+    info["expected_batch_size"] = summary.get("expected_batch_size",
+                                              config.get("batch_size") if private else None)
     return info
 
 
 def _label(info: dict[str, Any]) -> str:
-    if info.get("epsilon") is not None:
-        privacy = f"ε={float(info['epsilon']):.3g}"
+    """The target epsilon where the run had one (seeds of a setting spend slightly different
+    epsilons), else the spent one, else sigma."""
+    epsilon = info.get("target_epsilon")
+    epsilon = info.get("epsilon") if epsilon is None else epsilon
+    if epsilon is not None:
+        privacy = f"ε={float(epsilon):.3g}"
     elif info.get("noise_multiplier") is not None:
         privacy = f"σ={float(info['noise_multiplier']):.3g}"
     else:
@@ -132,11 +148,30 @@ def _run_figures(run: RunDynamics, clusters: LayerClusters, metric: str) -> dict
     return figures
 
 
-def _analyse(run_dirs: Sequence[Path], k: int | None, drop_first_last: bool, metric: str):
+@dataclass
+class _Analysis:
+    metric: str  # the series key clustered and drawn per run
+    results: list[tuple[RunDynamics, LayerClusters, dict[str, Figure]]]
+    comparisons: dict[str, Figure]  # file stem -> figure: both RWC forms, noise comparison
+    findings: list[RunFindings]
+    sentences: list[str]
+
+
+def _metric_key(metric: str) -> str:
+    """RWC option values (rwc_l1, rwc_mean) or any layer metric's series key."""
+    if metric in LAYER_METRICS:
+        return metric
+    try:
+        return rwc_metric_key(metric)
+    except ConfigError:
+        raise ConfigError(f"unknown metric {metric!r}; choose rwc_l1 (preferred), rwc_mean or "
+                          f"another layer metric: {', '.join(LAYER_METRICS)}") from None
+
+
+def _analyse(run_dirs: Sequence[Path], k: int | None, drop_first_last: bool, metric: str) -> _Analysis:
+    metric = _metric_key(metric)
     if not run_dirs:
         raise DataError("no run folder given; pass one or more run folders with dynamics.json")
-    if metric not in LAYER_METRICS:
-        raise DataError(f"unknown metric {metric!r}; choose one of {', '.join(LAYER_METRICS)}")
     runs = [load_run(d) for d in run_dirs]
     _unique_names_and_titles(runs)
     results = []
@@ -147,18 +182,50 @@ def _analyse(run_dirs: Sequence[Path], k: int | None, drop_first_last: bool, met
             raise type(error)(f"{run.run_dir}: {error}") from None
         results.append((run, clusters, _run_figures(run, clusters, metric)))
     ordered = sorted(runs, key=_privacy_order)
-    comparison = comparison_figure([(run.label, run.series) for run in ordered], metric=metric)
-    return results, comparison
+    shown = [metric] + [m for m in RWC_METRICS.values() if m != metric]
+    comparisons = {f"comparison_{m}" if i else "comparison":
+                   comparison_figure([(run.label, run.series) for run in ordered], metric=m)
+                   for i, m in enumerate(shown)}
+    noise_metric = metric if metric in RWC_METRICS.values() else PREFERRED_METRIC
+    noise = _noise_comparison(ordered, noise_metric)
+    if noise is not None:
+        comparisons["noise"] = noise
+    findings = [run_findings(run.name, run.label, run.series, run.info) for run in ordered]
+    return _Analysis(metric, results, comparisons, findings,
+                     finding_sentences(findings, noise_metric))
+
+
+def _noise_comparison(runs: list[RunDynamics], metric: str) -> Figure | None:
+    """Observed against noise-predicted RWC per layer for each private setting, or None."""
+    settings: dict[str, tuple[list, list]] = {}
+    for run in runs:
+        predicted = noise_predicted_rwc(run.series, run.info, metric)
+        if predicted is not None:
+            observed, expected = settings.setdefault(run.label, ([], []))
+            observed.append(row_nanmean(run.series.matrix(metric)))
+            expected.append(row_nanmean(predicted))
+    if not settings:
+        return None
+    names = {tuple(layer.label for layer in run.series.layers) for run in runs}
+    if any(len({len(o) for o in observed}) > 1 for observed, _ in settings.values()):
+        return None  # runs labelled alike with different models: no per-layer mean
+    return noise_figure([(label, np.stack(o), np.stack(e)) for label, (o, e) in settings.items()],
+                        list(names.pop()) if len(names) == 1 else None, metric=metric)
 
 
 def analyze_runs(run_dirs: Sequence[Path], out_dir: Path, k: int | None = None,
                  drop_first_last: bool = False, *, metric: str = "rwc_mean_ratio") -> dict[str, Any]:
-    """Figures and tables for the runs into `out_dir`; returns what was written (see module)."""
+    """Figures and tables for the runs into `out_dir`; returns what was written (see module).
+
+    metric: what is clustered and drawn per run: "rwc_l1" (the paper's ||dw||_1/||w||_1,
+    preferred) or "rwc_mean" / "rwc_mean_ratio" (the authors' per-element mean, which spikes
+    on near-zero weights), or another layer metric. Comparisons show both RWC forms."""
     out_dir = Path(out_dir)
-    results, comparison = _analyse(run_dirs, k, drop_first_last, metric)
-    figures = [str(save_figure(comparison, out_dir / "comparison.png"))]
+    analysis = _analyse(run_dirs, k, drop_first_last, metric)
+    figures = [str(save_figure(fig, out_dir / f"{stem}.png"))
+               for stem, fig in analysis.comparisons.items()]
     rows, summaries = [], []
-    for run, clusters, run_figures in results:
+    for run, clusters, run_figures in analysis.results:
         paths = {name: str(save_figure(fig, out_dir / run.name / f"{name}.png"))
                  for name, fig in run_figures.items()}
         figures += paths.values()
@@ -166,10 +233,12 @@ def analyze_runs(run_dirs: Sequence[Path], out_dir: Path, k: int | None = None,
         summaries.append(_run_summary(run, clusters, paths))
     csv_path, json_path = out_dir / "layers.csv", out_dir / "dynamics_summary.json"
     write_text_atomic(csv_path, _csv(rows))
-    write_json_atomic(json_path, {"metric": metric, "k_forced": k,
-                                  "drop_first_last": drop_first_last, "runs": summaries})
+    write_json_atomic(json_path, {"metric": analysis.metric, "k_forced": k,
+                                  "drop_first_last": drop_first_last, "runs": summaries,
+                                  "findings": analysis.sentences,
+                                  "per_run_findings": [f.to_json() for f in analysis.findings]})
     return {"out_dir": str(out_dir), "figures": figures, "tables": [str(csv_path), str(json_path)],
-            "runs": summaries}
+            "runs": summaries, "findings": analysis.sentences}
 
 
 def _nanmean(values: np.ndarray) -> float | None:
@@ -215,32 +284,82 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def dynamics_html(run_dirs: Sequence[Path], k: int | None = None, drop_first_last: bool = False,
-                  *, metric: str = "rwc_mean_ratio") -> str:
-    """An HTML fragment (one <section>, PNGs embedded as base64) for the study report."""
-    results, comparison = _analyse(run_dirs, k, drop_first_last, metric)
+                  *, metric: str = PREFERRED_METRIC) -> str:
+    """An HTML fragment (one <section>, PNGs embedded as base64) for the study report: the
+    findings in words and numbers (both RWC forms), comparison figures, then each run's
+    figures for `metric` (default the paper's ||dw||_1/||w||_1, which near-zero weights
+    cannot dominate)."""
+    analysis = _analyse(run_dirs, k, drop_first_last, metric)
+    key = analysis.metric
     parts = [
         '<section class="dpscope-dynamics">',
         "<h2>Layer-wise learning dynamics</h2>",
-        "<p>Relative weight change (RWC) of each layer per interval, "
-        f"<code>{html.escape(metric)}</code>: how much of a layer's weights training rewrote. "
-        "Layers are clustered by their RWC curves (k-means++, k from the elbow of the inertia "
-        "curve; silhouette reported beside it).</p>",
-        _img(comparison, "Per-layer RWC of every setting, by depth (runs of one setting: "
-                         "mean, band from lowest to highest)."),
-        "<table><thead><tr><th>run</th><th>k</th><th>why</th><th>elbow k</th>"
-        "<th>silhouette k</th><th>layers per cluster (depths)</th></tr></thead><tbody>",
+        "<p>Relative weight change (RWC) of each layer per interval: how much of a layer's "
+        "weights training rewrote. Two forms: <code>rwc_l1</code> = ‖Δw‖₁ / ‖w‖₁ (the paper's "
+        "equation) and <code>rwc_mean_ratio</code> = mean of |Δw| / |w| (the authors' code, "
+        "which near-zero weights can dominate). Layers are clustered and drawn per run by "
+        f"<code>{html.escape(key)}</code> (k-means++, k from the elbow of the inertia curve; "
+        "silhouette reported beside it); the findings give both forms.</p>",
+        "<h3>Findings</h3><ul>",
+        *[f"<li>{html.escape(sentence)}</li>" for sentence in analysis.sentences],
+        "</ul>",
+        _findings_table(analysis),
     ]
-    for run, clusters, _ in results:
+    for stem, fig in analysis.comparisons.items():
+        parts.append(_img(fig, _COMPARISON_CAPTIONS.get(stem, _COMPARISON_CAPTIONS["comparison"])))
+    parts.append("<table><thead><tr><th>run</th><th>k</th><th>why</th><th>elbow k</th>"
+                 "<th>silhouette k</th><th>layers per cluster (depths)</th></tr></thead><tbody>")
+    for run, clusters, _ in analysis.results:
         parts.append(
             f"<tr><td>{html.escape(run.title)}</td><td>{clusters.k}</td>"
             f"<td>{html.escape(clusters.k_reason)}</td><td>{clusters.k_elbow}</td>"
             f"<td>{clusters.k_silhouette}</td><td>{html.escape(_cluster_depths(clusters))}</td></tr>")
     parts.append("</tbody></table>")
-    for run, _, figures in results:
+    for run, _, figures in analysis.results:
         parts.append(f"<h3>{html.escape(run.title)}</h3>")
         parts += [_img(fig, _CAPTIONS[name]) for name, fig in figures.items()]
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _findings_table(analysis: _Analysis) -> str:
+    """One row per run: depth trend for both forms, most-changing layers, noise ratio."""
+    forms = list(RWC_METRICS.values())
+    head = ["run", "test accuracy",
+            *[f"ρ depth vs {m} (all layers / inner)" for m in forms],
+            f"highest {analysis.metric if analysis.metric in forms else PREFERRED_METRIC}",
+            *[f"observed / noise-predicted {m}: median (range)" for m in forms]]
+    titles = {run.name: run for run, _, _ in analysis.results}
+    top_key = analysis.metric if analysis.metric in forms else PREFERRED_METRIC
+    rows = []
+    for found in analysis.findings:
+        run = titles[found.name]
+        accuracy = run.info.get("test_accuracy")
+        cells = [run.title, "–" if accuracy is None else f"{accuracy:.3f}"]
+        cells += [f"{_signed(found.spearman[m])} / {_signed(found.spearman_inner[m])}" for m in forms]
+        cells.append(", ".join(found.top_layers[top_key]))
+        cells += [(f"{r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f})" if (r := found.noise_ratio.get(m))
+                   else "–") for m in forms]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+            "<p>ρ: Spearman rank correlation of layer depth with the layer's RWC averaged over "
+            "training (positive: later layers change more; inner: first and last layer left "
+            "out). Noise-predicted: the RWC that DP noise alone causes, "
+            "lr·σC/B·√steps·√(2/π) per weight against the layer's weight scale; 1 means the "
+            "layer's change is the noise's.</p>")
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.2f}"
+
+
+_COMPARISON_CAPTIONS = {
+    "comparison": "Per-layer RWC of every setting, by depth (runs of one setting: mean, band "
+                  "from lowest to highest).",
+    "noise": "Private runs: each layer's RWC (solid) and what the DP noise alone predicts "
+             "(dashed), and their ratio.",
+}
 
 
 _CAPTIONS = {

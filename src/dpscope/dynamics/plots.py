@@ -15,13 +15,14 @@ from typing import Sequence
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from dpscope.dynamics.aggregate import LayerClusters
-from dpscope.dynamics.series import DynamicsSeries, LayerInfo, block_of
+from dpscope.dynamics.series import DynamicsSeries, LayerInfo, block_of, row_nanmean
 from dpscope.io import write_bytes_atomic
 
 __all__ = ["METRIC_LABELS", "rwc_heatmap_figure", "block_curves_figure", "cluster_curves_figure",
-           "cluster_map_figure", "comparison_figure", "privacy_figure", "save_figure",
+           "cluster_map_figure", "comparison_figure", "noise_figure", "privacy_figure", "save_figure",
            "figure_base64"]
 
 METRIC_LABELS = {
@@ -97,9 +98,11 @@ def rwc_heatmap_figure(series: DynamicsSeries, *, metric: str = "rwc_mean_ratio"
 
 def _grouped_curves_figure(time: np.ndarray, curves: np.ndarray, groups: Sequence[str],
                            names: Sequence[str], xlabel: str, ylabel: str, title: str,
-                           means: dict[str, np.ndarray] | None = None) -> Figure:
-    """One panel per group: thin member curves, thick group mean, shared log y axis."""
-    order = list(dict.fromkeys(groups))
+                           means: dict[str, np.ndarray] | None = None,
+                           order: Sequence[str] | None = None) -> Figure:
+    """One panel per group (in `order`, else first appearance; colour by that position):
+    thin member curves, thick group mean, shared log y axis, whole-number x ticks."""
+    order = list(order) if order is not None else list(dict.fromkeys(groups))
     cols = min(3, len(order))
     rows = -(-len(order) // cols)
     fig = Figure(figsize=(4.2 * cols, 3.0 * rows), layout="constrained")
@@ -114,6 +117,7 @@ def _grouped_curves_figure(time: np.ndarray, curves: np.ndarray, groups: Sequenc
         ax.set_title(f"{group}: {len(members)} layer{'s' if len(members) > 1 else ''}\n{_describe_members(members, names)}",
                      fontsize=8)
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _set_log_if_positive(axes[0], curves)
     for ax in axes[len(order):]:
         ax.set_visible(False)
@@ -137,11 +141,12 @@ def cluster_curves_figure(clusters: LayerClusters, time: np.ndarray, *, xlabel: 
                           title: str = "") -> Figure:
     """The cleaned curves that were clustered, one panel per cluster, with the cluster mean."""
     groups = [f"cluster {c}" for c in clusters.labels]
-    means = {f"cluster {c}": clusters.cluster_means[c] for c in range(clusters.k)}
+    order = [f"cluster {c}" for c in range(clusters.k)]  # colours as in cluster_map_figure
+    means = {name: clusters.cluster_means[c] for c, name in enumerate(order)}
     return _grouped_curves_figure(
         np.asarray(time), clusters.curves, groups, [n.removesuffix(".weight") for n in clusters.layers],
         xlabel, "RWC after cleaning" if clusters.metric.startswith("rwc") else clusters.metric,
-        title or f"Layers clustered by their RWC curves (k = {clusters.k})", means)
+        title or f"Layers clustered by their RWC curves (k = {clusters.k})", means, order)
 
 
 def cluster_map_figure(clusters: LayerClusters, *, title: str = "") -> Figure:
@@ -184,7 +189,7 @@ def comparison_figure(runs: Sequence[tuple[str, DynamicsSeries]], *,
     Runs that share a label (seeds of one setting; the papers average 5) become one line,
     their mean, with a band from the lowest to the highest run.
     """
-    fig = Figure(figsize=(12, 4.4), layout="constrained")
+    fig = Figure(figsize=(12, 5.0), layout="constrained")
     ax_mean, ax_last = fig.subplots(1, 2, sharey=True)
     groups: dict[str, list[DynamicsSeries]] = {}
     for label, series in runs:
@@ -211,13 +216,11 @@ def comparison_figure(runs: Sequence[tuple[str, DynamicsSeries]], *,
         if names is None:
             ax.set_xlabel("relative layer depth (0 = input side, 1 = output side)")
             continue
-        ax.set_xlabel("layer (depth: name, input side first)")
-        step = max(1, len(names) // 25)
-        ax.set_xticks(range(0, len(names), step), [f"{i}: {n}" for i, n in enumerate(names)][::step],
-                      rotation=70, fontsize=6, ha="right")
+        _layer_ticks(ax, names)
     ax_mean.set_ylabel(METRIC_LABELS.get(metric, metric))
-    ax_last.legend(fontsize=8, title="setting")
     fig.suptitle(title or "Per-layer relative weight change across settings")
+    fig.legend(*ax_mean.get_legend_handles_labels(), loc="outside lower center", fontsize=8,
+               ncols=min(3, len(groups)), title="setting")
     return fig
 
 
@@ -228,16 +231,46 @@ def _profiles(members: Sequence[DynamicsSeries], metric: str) -> np.ndarray:
         raise ValueError(f"runs labelled alike have different layer counts {sorted(layers)}; "
                          "give them different labels")
     matrices = [series.matrix(metric) for series in members]
-    return np.stack([np.stack([_row_nanmean(m) for m in matrices]),
+    return np.stack([np.stack([row_nanmean(m) for m in matrices]),
                      np.stack([m[:, -1] for m in matrices])])
 
 
-def _row_nanmean(values: np.ndarray) -> np.ndarray:
-    """Mean of each row over its finite values; NaN for a row with none (no warning)."""
-    finite = np.isfinite(values)
-    counts = finite.sum(axis=1)
-    sums = np.where(finite, values, 0.0).sum(axis=1)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+def noise_figure(settings: Sequence[tuple[str, np.ndarray, np.ndarray]],
+                 layer_names: Sequence[str] | None, *, metric: str = "rwc_l1",
+                 title: str = "") -> Figure:
+    """Private settings: each layer's RWC beside what the DP noise alone predicts.
+
+    `settings`: (label, observed, predicted), each (runs, layers) of per-layer means over
+    training (runs of one setting averaged). Left: both by depth (solid observed, dashed
+    predicted); right: observed / predicted, where 1 means the change is the noise's.
+    """
+    fig = Figure(figsize=(12, 4.4), layout="constrained")
+    ax_rwc, ax_ratio = fig.subplots(1, 2)
+    values = []
+    for (label, observed, predicted), colour in zip(settings, _palette(len(settings))):
+        depth = np.arange(observed.shape[1])
+        seen, noise = np.nanmean(observed, axis=0), np.nanmean(predicted, axis=0)
+        ax_rwc.plot(depth, seen, "o-", markersize=3, color=colour, label=f"{label}: observed")
+        ax_rwc.plot(depth, noise, "x--", markersize=6, color=colour, alpha=0.8,
+                    label=f"{label}: noise alone")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ax_ratio.plot(depth, seen / noise, "o-", markersize=3, color=colour, label=label)
+        values += [seen, noise]
+    _set_log_if_positive(ax_rwc, np.concatenate(values) if values else np.array([]))
+    ax_ratio.axhline(1.0, color="#555555", linewidth=1, linestyle=":")
+    ax_rwc.set_ylabel(METRIC_LABELS.get(metric, metric).removesuffix(" per interval")
+                      + "\n(per interval, mean over training)")
+    ax_ratio.set_ylabel("observed / noise-predicted")
+    for ax in (ax_rwc, ax_ratio):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        if layer_names is None:
+            ax.set_xlabel("layer depth (0 = input side)")
+            continue
+        _layer_ticks(ax, layer_names)
+    fig.suptitle(title or "Private runs: RWC against what the DP noise alone predicts "
+                          "(lr·σC/B·√steps·√(2/π) against the weights' scale)")
+    return fig
 
 
 def privacy_figure(series: DynamicsSeries, *, title: str = "") -> Figure:
@@ -261,6 +294,14 @@ def privacy_figure(series: DynamicsSeries, *, title: str = "") -> Figure:
                if np.isfinite(fraction).any() else "")
     fig.suptitle((title or "Gradient, clipping and noise per layer") + clipped)
     return fig
+
+
+def _layer_ticks(ax, names: Sequence[str]) -> None:
+    """Layer names as x tick labels (at most about 25), depth first."""
+    ax.set_xlabel("layer (depth: name, input side first)")
+    step = max(1, len(names) // 25)
+    ax.set_xticks(range(0, len(names), step), [f"{i}: {n}" for i, n in enumerate(names)][::step],
+                  rotation=70, fontsize=6, ha="right")
 
 
 def _blocks(names: Sequence[str]) -> list[str]:

@@ -24,7 +24,7 @@ from dpscope.io import write_json_atomic
 
 __all__ = [
     "DYNAMICS_FILE", "LAYER_METRICS", "GLOBAL_METRICS", "LayerInfo", "DynamicsSeries",
-    "load_dynamics", "block_of",
+    "load_dynamics", "block_of", "row_nanmean",
 ]
 
 DYNAMICS_FILE = "dynamics.json"
@@ -172,6 +172,14 @@ class DynamicsSeries:
         path = Path(run_dir) / DYNAMICS_FILE
         write_json_atomic(path, self.to_json())
         return path
+
+
+def row_nanmean(values: np.ndarray) -> np.ndarray:
+    """Mean of each row over its finite values; NaN for a row with none (no warning)."""
+    finite = np.isfinite(values)
+    counts = finite.sum(axis=1)
+    sums = np.where(finite, values, 0.0).sum(axis=1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def load_dynamics(run_dir: Path) -> DynamicsSeries:
