@@ -17,7 +17,7 @@ from dpscope.study.report.data import RunView, StudyData, mean_and_spread
 from dpscope.study.report.figures import NON_PRIVATE, PALETTE
 from dpscope.study.report.figures import style_axes
 
-__all__ = ["fairness_section", "perturbation_section"]
+__all__ = ["fairness_section", "perturbation_section", "dynamics_section"]
 
 DPSGD = "dpsgd"
 _FAIRNESS_GAPS = ("accuracy_difference", "equal_opportunity_difference")
@@ -259,3 +259,15 @@ def _show(ax, image, title: str, ylabel: str) -> None:
     ax.set_yticks([])
     ax.set_title(title, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=7)
+
+
+# -- layer dynamics -------------------------------------------------------------------------
+def dynamics_section(study: StudyData) -> str | None:
+    """Layer dynamics (dpscope.dynamics) of the runs that recorded them, with every figure
+    also written next to the report as figures/dynamics_*.png."""
+    folders = [r.folder for r in study.finished if (r.folder / "dynamics.json").exists()]
+    if not folders:
+        return None
+    from dpscope.dynamics.analyze import dynamics_html
+
+    return dynamics_html(folders, figure=study.figure)

@@ -25,7 +25,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -283,14 +283,26 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+FigureWriter = Callable[[str, Figure, str], str]  # (file stem, figure, alt text) -> <img>
+
+
 def dynamics_html(run_dirs: Sequence[Path], k: int | None = None, drop_first_last: bool = False,
-                  *, metric: str = PREFERRED_METRIC) -> str:
-    """An HTML fragment (one <section>, PNGs embedded as base64) for the study report: the
-    findings in words and numbers (both RWC forms), comparison figures, then each run's
-    figures for `metric` (default the paper's ||dw||_1/||w||_1, which near-zero weights
-    cannot dominate)."""
+                  *, metric: str = PREFERRED_METRIC, figure: FigureWriter | None = None) -> str:
+    """An HTML fragment (one <section>) for the study report: the findings in words and
+    numbers (both RWC forms), comparison figures, then each run's figures for `metric`
+    (default the paper's ||dw||_1/||w||_1, which near-zero weights cannot dominate).
+
+    figure: renders each figure to an <img> (a study report's `StudyData.figure`, which also
+    writes figures/<stem>.png); by default PNGs are embedded as base64 only."""
     analysis = _analyse(run_dirs, k, drop_first_last, metric)
     key = analysis.metric
+
+    def img(stem: str, fig: Figure, caption: str) -> str:
+        if figure is None:
+            return _img(fig, caption)
+        image = figure(f"dynamics_{stem}", fig, caption)
+        return f"<figure>{image}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
     parts = [
         '<section class="dpscope-dynamics">',
         "<h2>Layer-wise learning dynamics</h2>",
@@ -306,7 +318,7 @@ def dynamics_html(run_dirs: Sequence[Path], k: int | None = None, drop_first_las
         _findings_table(analysis),
     ]
     for stem, fig in analysis.comparisons.items():
-        parts.append(_img(fig, _COMPARISON_CAPTIONS.get(stem, _COMPARISON_CAPTIONS["comparison"])))
+        parts.append(img(stem, fig, _comparison_caption(stem, key)))
     parts.append("<table><thead><tr><th>run</th><th>k</th><th>why</th><th>elbow k</th>"
                  "<th>silhouette k</th><th>layers per cluster (depths)</th></tr></thead><tbody>")
     for run, clusters, _ in analysis.results:
@@ -317,7 +329,7 @@ def dynamics_html(run_dirs: Sequence[Path], k: int | None = None, drop_first_las
     parts.append("</tbody></table>")
     for run, _, figures in analysis.results:
         parts.append(f"<h3>{html.escape(run.title)}</h3>")
-        parts += [_img(fig, _CAPTIONS[name]) for name, fig in figures.items()]
+        parts += [img(f"{run.name}_{name}", fig, _CAPTIONS[name]) for name, fig in figures.items()]
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -354,12 +366,13 @@ def _signed(value: float | None) -> str:
     return "–" if value is None else f"{value:+.2f}"
 
 
-_COMPARISON_CAPTIONS = {
-    "comparison": "Per-layer RWC of every setting, by depth (runs of one setting: mean, band "
-                  "from lowest to highest).",
-    "noise": "Private runs: each layer's RWC (solid) and what the DP noise alone predicts "
-             "(dashed), and their ratio.",
-}
+def _comparison_caption(stem: str, metric: str) -> str:
+    if stem == "noise":
+        return ("Private runs: each layer's RWC (solid) and what the DP noise alone predicts "
+                "(dashed), and their ratio.")
+    shown = stem.removeprefix("comparison_") if stem != "comparison" else metric
+    return (f"Per-layer RWC ({shown}) of every setting, by depth (runs of one setting: mean, "
+            "band from lowest to highest).")
 
 
 _CAPTIONS = {
