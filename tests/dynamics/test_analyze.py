@@ -133,3 +133,26 @@ def test_runs_sharing_a_label_are_averaged_into_one_comparison_line():
     fig = comparison_figure([("ε=8", s) for s in seeds] + [("non-private", synthetic_series(False))])
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["ε=8 (mean of 3 runs)", "non-private"]
+
+
+def test_runs_of_one_epsilon_with_different_recipes_are_different_settings(tmp_path):
+    from dpscope.dynamics.analyze import _split_labels_by_recipe
+    from dpscope.dynamics.findings import finding_sentences, run_findings
+
+    runs = []
+    for name, summary in (("np", {"epsilon": None, "lr": 0.05}),
+                          ("lr4-s0", {"epsilon": 8.0, "lr": 4.0}),
+                          ("lr4-s1", {"epsilon": 8.0, "lr": 4.0}),
+                          ("lr05", {"epsilon": 8.0, "lr": 0.5})):
+        synthetic_series(summary["epsilon"] is not None, seed=len(runs)).save(tmp_path / name)
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {**summary, "model": "resnet20", "dataset": "digits"}))
+        runs.append(load_run(tmp_path / name))
+    _split_labels_by_recipe(runs)
+    assert [r.label for r in runs] == ["non-private · resnet20 · digits",
+                                       "ε=8 · resnet20 · digits [lr=4.0]",
+                                       "ε=8 · resnet20 · digits [lr=4.0]",
+                                       "ε=8 · resnet20 · digits [lr=0.5]"]
+    sentences = finding_sentences([run_findings(r.name, r.label, r.series, r.info) for r in runs])
+    assert sentences[1].startswith("ε=8 · resnet20 · digits [lr=4.0] (2 runs)")
+    assert [s.split(" vs ")[0] for s in sentences[3:]] == ["ε=8 [lr=4.0]", "ε=8 [lr=0.5]"]

@@ -78,8 +78,10 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+_RECIPE_KEYS = ("lr", "batch_size", "momentum", "optimizer", "max_grad_norm", "weight_decay",
+                "epochs")
 _INFO_KEYS = ("epsilon", "target_epsilon", "model", "dataset", "noise_multiplier",
-              "max_grad_norm", "lr", "momentum", "optimizer", "weight_decay", "test_accuracy")
+              "test_accuracy", *_RECIPE_KEYS)
 
 
 def _run_info(run_dir: Path) -> dict[str, Any]:
@@ -107,6 +109,20 @@ def _label(info: dict[str, Any]) -> str:
     else:
         privacy = "non-private"
     return " · ".join(str(p) for p in (privacy, info.get("model"), info.get("dataset")) if p)
+
+
+def _split_labels_by_recipe(runs: list[RunDynamics]) -> None:
+    """Runs that share a label but not their training recipe (study variants at one epsilon)
+    are different settings: the settings that differ go into the label, "[lr=4, ...]"."""
+    groups: dict[str, list[RunDynamics]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    for members in groups.values():
+        differing = [key for key in _RECIPE_KEYS
+                     if len({repr(run.info.get(key)) for run in members}) > 1]
+        for run in members if differing else []:
+            recipe = ", ".join(f"{key}={run.info.get(key)}" for key in differing)
+            run.label = run.title = f"{run.label} [{recipe}]"
 
 
 def _unique_names_and_titles(runs: list[RunDynamics]) -> None:
@@ -173,6 +189,7 @@ def _analyse(run_dirs: Sequence[Path], k: int | None, drop_first_last: bool, met
     if not run_dirs:
         raise DataError("no run folder given; pass one or more run folders with dynamics.json")
     runs = [load_run(d) for d in run_dirs]
+    _split_labels_by_recipe(runs)
     _unique_names_and_titles(runs)
     results = []
     for run in runs:

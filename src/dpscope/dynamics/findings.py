@@ -204,8 +204,8 @@ def finding_sentences(findings: Sequence[RunFindings], metric: str = PREFERRED_M
 
 def _privacy_changes(settings: dict[str, list[RunFindings]], rho_of: dict[str, float | None]) -> list[str]:
     """Each private setting against the non-private setting of the same model and data."""
-    def rest(label: str) -> str:
-        return label.partition(" · ")[2]
+    def rest(label: str) -> str:  # model and data, without privacy or recipe ("[lr=...]")
+        return label.partition(" · ")[2].partition(" [")[0]
 
     reference = {rest(label): label for label, runs in settings.items() if not runs[0].private}
     out = []
@@ -217,6 +217,7 @@ def _privacy_changes(settings: dict[str, list[RunFindings]], rho_of: dict[str, f
         change = ("reverses the depth trend" if a * b < 0 and min(abs(a), abs(b)) >= TREND_RHO
                   else "keeps the depth trend" if _trend(a) == _trend(b)
                   else "changes the depth trend")
-        out.append(f"{label.partition(' · ')[0]} vs non-private ({rest(label)}): DP {change} "
+        setting = label.partition(" · ")[0] + (f" [{label.partition(' [')[2]}" if " [" in label else "")
+        out.append(f"{setting} vs non-private ({rest(label)}): DP {change} "
                    f"(ρ {a:+.2f} → {b:+.2f}).")
     return out
