@@ -194,9 +194,9 @@ def finding_sentences(findings: Sequence[RunFindings], metric: str = PREFERRED_M
                        "less change than the noise alone predicts (check the run's settings)")
             noise_rho = _mean([f.spearman_noise.get(metric) for f in runs])
             text += (f" Observed / noise-predicted RWC: median {ratio:.2f} over layers "
-                     f"(range {low:.2f}–{high:.2f}): {verdict}. The noise moves every weight "
-                     f"by the same amount, so alone it gives each layer an RWC inverse to its "
-                     f"weight scale: ρ depth vs noise-predicted RWC = {_rho_text(noise_rho)}.")
+                     f"(range {low:.2f}–{high:.2f}): {verdict}. The noise has the same size on "
+                     f"every weight, so alone it gives each layer an RWC inverse to its weight "
+                     f"scale: ρ depth vs noise-predicted RWC = {_rho_text(noise_rho)}.")
         sentences.append(text)
     sentences += _privacy_changes(settings, rho_of)
     return sentences
