@@ -124,7 +124,7 @@ class LayerClusters:
             "k_elbow": self.k_elbow, "k_silhouette": self.k_silhouette,
             "ks": self.ks, "inertia": self.inertia,
             "silhouette": [None if np.isnan(s) else s for s in self.silhouette],
-            "membership": self.membership(), "dropped": self.dropped,
+            "membership": self.membership(), "layers": self.layers, "dropped": self.dropped,
             "depths": self.depths.tolist(), "coords_2d": self.coords_2d.tolist(),
             "cluster_means": self.cluster_means.tolist(), "reduction": self.reduction,
             "explained_variance": self.explained_variance,
