@@ -55,29 +55,54 @@ def _line(ax, xs: list[float], values: list[list[Any]], colour: str, label: str,
 
 
 # -- fairness under imbalance ---------------------------------------------------------------
-def _rest_accuracy(groups: dict[str, Any], minority: str) -> float | None:
-    """Accuracy over every example not in the minority group (count-weighted)."""
-    correct = total = 0.0
-    for name, entry in groups.items():
-        value = entry["accuracy"]["value"]
-        if name != minority and value is not None:
-            correct += value * entry["count"]
-            total += entry["count"]
-    return correct / total if total else None
+_MINORITY_METRICS = {"minority_accuracy": "minority accuracy",
+                     "majority_accuracy": "majority accuracy (all other groups)",
+                     "accuracy_gap": "accuracy gap (majority − minority)"}
+_GAP_TITLES = {"accuracy_difference": "accuracy difference (all groups, max − min)",
+               "equal_opportunity_difference": "equal-opportunity difference (TPR gap)"}
+CI_RESAMPLES = 1000
+"""Bootstrap resamples for the minority-vs-rest intervals drawn in the report."""
 
 
-def _fairness_values(run: RunView) -> dict[str, Any]:
-    fairness, imbalance = run.summary["fairness"], run.summary["imbalance"]
-    minority = imbalance["minority_group"]
-    groups = fairness["groups"]
-    values = {"minority accuracy": groups.get(minority, {}).get("accuracy", {}).get("value"),
-              "rest accuracy": _rest_accuracy(groups, minority)}
-    values |= {gap: fairness["gaps"][gap]["value"] for gap in _FAIRNESS_GAPS}
-    return values
+def _fairness_values(run: RunView) -> dict[str, dict[str, Any]]:
+    """Every plotted statistic of a run as {"value", "ci"}: the minority against all other
+    groups pooled (fairness.minority_vs_rest, from the per-group counts), and the gaps over
+    all groups as the run recorded them."""
+    from dpscope.fairness import minority_vs_rest_of_summary
+
+    fairness = run.summary["fairness"]
+    minority = run.summary["imbalance"]["minority_group"]
+    values = minority_vs_rest_of_summary(fairness, minority, n_resamples=CI_RESAMPLES,
+                                         seed=int(run.config.get("seed") or 0))
+    return values | {gap: fairness["gaps"][gap] for gap in _FAIRNESS_GAPS}
+
+
+def _ci_cell(entries: list[dict[str, Any]]) -> str:
+    """Mean and spread over seeds, then the mean over seeds of each run's 95 % CI bounds."""
+    text = _cell([e["value"] for e in entries])
+    cis = [e["ci"] for e in entries if e.get("ci") and None not in e["ci"]]
+    if cis:
+        low = sum(c[0] for c in cis) / len(cis)
+        high = sum(c[1] for c in cis) / len(cis)
+        text += f" <span class='ci'>[{low:.3f}, {high:.3f}]</span>"
+    return text
+
+
+def _band(ax, xs: list[float], entries: list[list[dict[str, Any]]], colour: str) -> None:
+    """Shade between the mean (over seeds) lower and upper bootstrap bounds at each x."""
+    points = []
+    for x, group in zip(xs, entries):
+        cis = [e["ci"] for e in group if e.get("ci") and None not in e["ci"]]
+        if cis:
+            points.append((x, sum(c[0] for c in cis) / len(cis), sum(c[1] for c in cis) / len(cis)))
+    if points:
+        ax.fill_between([p[0] for p in points], [p[1] for p in points], [p[2] for p in points],
+                        color=colour, alpha=0.12, linewidth=0)
 
 
 def fairness_section(study: StudyData) -> str | None:
-    """Minority vs rest accuracy and the gaps against the majority share, per privacy level."""
+    """Minority vs majority accuracy and the gaps against the majority share, one line per
+    privacy level, with seed spread (error bars) and bootstrap CIs (bands)."""
     runs = [r for r in study.finished if "fairness" in r.summary and "imbalance" in r.summary]
     if not runs:
         return None
@@ -85,10 +110,13 @@ def fairness_section(study: StudyData) -> str | None:
     for run in runs:
         imbalance = run.summary["imbalance"]
         settings[f"{run.summary['dataset']}, minority {imbalance['minority_group']}"].append(run)
+    values = {run.id: _fairness_values(run) for run in runs}
     defined = [gap for gap in _FAIRNESS_GAPS
-               if any(_fairness_values(r)[gap] is not None for r in runs)]
-    metrics = ["minority accuracy", "rest accuracy", *defined]
-    fig = Figure(figsize=(4.2 * len(metrics), 3.4 * len(settings)))
+               if any(values[r.id][gap]["value"] is not None for r in runs)]
+    plotted = [*_MINORITY_METRICS, *[g for g in defined if g != "accuracy_difference"]]
+    tabled = [*_MINORITY_METRICS, *defined]
+    titles = _MINORITY_METRICS | _GAP_TITLES
+    fig = Figure(figsize=(4.2 * len(plotted), 3.4 * len(settings)))
     rows = []
     for row, (setting, members) in enumerate(settings.items()):
         shares = sorted({r.summary["imbalance"]["majority_share"] for r in members})
@@ -96,41 +124,49 @@ def fairness_section(study: StudyData) -> str | None:
         for run in members:
             levels[_privacy_label(run)].append(run)
         ordered = sorted(levels, key=_privacy_order)
-        for column, metric in enumerate(metrics):
-            ax = fig.add_subplot(len(settings), len(metrics), row * len(metrics) + column + 1)
+
+        def at(level: str, share: float) -> list[RunView]:
+            return [r for r in levels[level] if r.summary["imbalance"]["majority_share"] == share]
+
+        for column, metric in enumerate(plotted):
+            ax = fig.add_subplot(len(settings), len(plotted), row * len(plotted) + column + 1)
             for colour, level in zip(PALETTE, ordered):
-                values = [[_fairness_values(r)[metric] for r in levels[level]
-                           if r.summary["imbalance"]["majority_share"] == share]
-                          for share in shares]
-                _line(ax, list(range(len(shares))), values, colour, level)
+                entries = [[values[r.id][metric] for r in at(level, share)] for share in shares]
+                xs = list(range(len(shares)))
+                _band(ax, xs, entries, colour)
+                _line(ax, xs, [[e["value"] for e in group] for group in entries], colour, level)
+            if metric == "accuracy_gap":
+                ax.axhline(0.0, color="#999999", linewidth=0.8)
             ax.set_xticks(range(len(shares)), [f"{s:g}" for s in shares])
-            style_axes(ax, f"{setting}: {metric.replace('_', ' ')}", "majority share", metric
-                        .replace("_", " "))
+            style_axes(ax, f"{setting}:\n{titles[metric]}", "majority share of training set",
+                       metric.replace("_", " "))
             if column == 0:
                 ax.legend(fontsize=8, frameon=False)
         for share in shares:
             for level in ordered:
-                group = [r for r in levels[level]
-                         if r.summary["imbalance"]["majority_share"] == share]
+                group = at(level, share)
                 if group:
-                    values = [_fairness_values(r) for r in group]
                     rows.append([html.escape(setting), f"{share:g}", level, str(len(group)),
-                                 *[_cell([v[m] for v in values]) for m in metrics]])
+                                 *[_ci_cell([values[r.id][m] for r in group]) for m in tabled]])
     fig.tight_layout()
     img = study.figure("fairness", fig, "per-group accuracy and gaps against the majority share")
     composition = {r.summary["imbalance"]["test_composition"] for r in runs}
-    caption = ("Test accuracy of the minority group and of all other examples, and the gaps "
-               "between groups (largest minus smallest group value), against the share of the "
-               "training set held by the majority; mean &plusmn; one standard deviation over "
-               f"seeds. Test set: {html.escape(', '.join(sorted(composition)))}. Each run's "
-               "summary.json holds every group's rates with bootstrap confidence intervals.")
+    caption = ("Test accuracy of the minority group and of all other examples pooled, and the "
+               "gap between them, against the share of the training set held by the majority "
+               "(the minority has the rest); one line per privacy level. Points and error bars: "
+               "mean &plusmn; one standard deviation over seeds. Bands and the bracketed "
+               "intervals in the table: 95 % stratified bootstrap CIs of one run's test "
+               f"estimate (each bound averaged over seeds). Test set: "
+               f"{html.escape(', '.join(sorted(composition)))}. Each run's summary.json holds "
+               "every group's rates with bootstrap CIs.")
     undefined = [gap.replace("_", " ") for gap in _FAIRNESS_GAPS if gap not in defined]
     if undefined:
         caption += (f" Left out, undefined in every run: {', '.join(undefined)} (with the class "
                     "as the group, only the positive class's group has true positives; each "
-                    "group's accuracy is then its class's recall).")
+                    "group's accuracy is then its class's recall, and the accuracy gap plays "
+                    "the role of the TPR gap).")
     table = _table(["setting", "majority share", "privacy", "seeds",
-                    *[m.replace("_", " ") for m in metrics]], rows)
+                    *[titles[m] for m in tabled]], rows)
     return (f"<h2>Fairness under imbalance</h2><figure>{img}<figcaption>{caption}</figcaption>"
             f"</figure>{table}")
 
@@ -144,6 +180,18 @@ def _method(run: RunView) -> tuple[str, float | None]:
     if run.private:
         return DPSGD, run.epsilon_key
     return NON_PRIVATE, None
+
+
+def _no_guarantee(by_epsilon: dict[float | None, list[RunView]]) -> bool:
+    """Whether a method's runs carry no privacy guarantee for images (singh2020)."""
+    from dpscope.data.perturb import KIND_NONE
+
+    return any((r.summary.get("perturbation") or {}).get("guarantee", {}).get("kind")
+               == KIND_NONE for runs in by_epsilon.values() for r in runs)
+
+
+def _method_label(name: str, by_epsilon: dict[float | None, list[RunView]]) -> str:
+    return f"{name}\n(NOT image-level privacy)" if _no_guarantee(by_epsilon) else name
 
 
 def _guarantee_text(run: RunView) -> str:
@@ -173,7 +221,8 @@ def perturbation_section(study: StudyData) -> str | None:
         for colour, name in zip(PALETTE, curves):
             epsilons = sorted(e for e in methods[name] if e is not None)
             values = [[getattr(r.record, metric) for r in methods[name][e]] for e in epsilons]
-            _line(ax, epsilons, values, colour, name)
+            _line(ax, epsilons, values, colour, _method_label(name, methods[name]),
+                  linestyle=":" if _no_guarantee(methods[name]) else "-")
         baseline = mean_and_spread([getattr(r.record, metric)
                                     for r in methods.get(NON_PRIVATE, {}).get(None, [])])
         if baseline[2]:
@@ -194,7 +243,8 @@ def perturbation_section(study: StudyData) -> str | None:
             rows.append([html.escape(name), "&ndash;" if epsilon is None else f"{epsilon:g}",
                          _guarantee_text(group[0]), str(len(group)),
                          *[_cell([getattr(r.record, m) for r in group]) for m, _ in metrics]])
-    caption = ("Mean &plusmn; one standard deviation over seeds; dashed: non-private. The "
+    caption = ("Mean &plusmn; one standard deviation over seeds; dashed: non-private; dotted: "
+               "a method without an image-level guarantee. The "
                "epsilons are not comparable across rows whose guarantees differ: see the "
                "guarantee column.")
     warning = ""

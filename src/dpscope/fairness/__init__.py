@@ -3,7 +3,8 @@
 Groups come from a CSV table, CelebA's attribute file or the class itself (`groups`);
 `imbalance` draws training and test subsets with a chosen group share (`imbalanced_dataset`
 applies it to a loaded dataset); `fairness_summary`
-turns (y_true, y_pred, groups) into the JSON-ready `fairness` entry of a run summary.
+turns (y_true, y_pred, groups) into the JSON-ready `fairness` entry of a run summary;
+`minority_vs_rest` sets the rare group against all others pooled, with bootstrap CIs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dpscope.fairness.metrics import (
     per_class_accuracy,
     rates,
 )
+from dpscope.fairness.minority import minority_vs_rest, minority_vs_rest_of_summary
 from dpscope.fairness.subsets import ImbalanceKey, imbalanced_dataset
 from dpscope.fairness.summary import fairness_summary
 
@@ -45,6 +47,8 @@ __all__ = [
     "group_confusion",
     "groups_from_labels",
     "imbalanced_dataset",
+    "minority_vs_rest",
+    "minority_vs_rest_of_summary",
     "per_class_accuracy",
     "percentile_interval",
     "rates",
