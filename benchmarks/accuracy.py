@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dpscope.bench.accuracy import VARIANTS, plan_grid, run_accuracy_benchmark
+from dpscope.bench.accuracy import VARIANTS, run_from_options
 
 
 def main() -> None:
@@ -39,13 +39,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="default: OUT/accuracy.json")
     args = parser.parse_args()
 
-    changes = dict(batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                   max_grad_norm=args.max_grad_norm, epochs=args.epochs)
-    specs = plan_grid(args.dataset, args.models, args.epsilons, args.seeds, args.variants,
-                      accountant=args.accountant, threads=args.threads, private_changes=changes,
-                      nonprivate_changes=dict(epochs=args.epochs))
-    run_accuracy_benchmark(specs, args.out, jobs=args.jobs, json_path=args.json or args.out / "accuracy.json")
-
+    run_from_options(args.dataset, args.models, args.epsilons, args.seeds, args.variants, args.out,
+                     accountant=args.accountant, batch_size=args.batch_size, lr=args.lr,
+                     momentum=args.momentum, max_grad_norm=args.max_grad_norm, epochs=args.epochs,
+                     threads=args.threads, jobs=args.jobs, json_path=args.json)
 
 if __name__ == "__main__":
     main()

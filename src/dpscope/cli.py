@@ -73,6 +73,38 @@ def bench_clipping(
                            json_path=str(json_path) if json_path else None)
 
 
+@bench_app.command("accuracy")
+@user_errors_exit_2
+def bench_accuracy(
+    dataset: Annotated[Optional[list[str]], typer.Option(help="dataset, repeatable (default: pneumoniamnist)")] = None,
+    model: Annotated[Optional[list[str]], typer.Option(help="model, repeatable (default: cnn resnet20 resnet18)")] = None,
+    epsilon: Annotated[Optional[list[float]], typer.Option(help="target epsilon, repeatable (default: 1 3 8)")] = None,
+    seed: Annotated[Optional[list[int]], typer.Option(help="seed, repeatable (default: 0 1 2)")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(help="nonprivate, dpscope or opacus; repeatable (default: all)")] = None,
+    accountant: Annotated[str, typer.Option(help="pld or rdp (Opacus gets prv for pld)")] = "pld",
+    batch_size: Annotated[Optional[int], typer.Option(help="override the tuned private expected batch size")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="override the tuned private learning rate")] = None,
+    momentum: Annotated[Optional[float], typer.Option(help="override the tuned private momentum")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="override the clipping bound C")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="epochs of private and non-private runs")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
+    jobs: Annotated[int, typer.Option(help="runs at a time (separate processes)")] = 1,
+    out: Annotated[Path, typer.Option(help="runs go to OUT/runs (finished ones are reused)")] = Path("bench-out/accuracy"),
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="full record (default OUT/accuracy.json)")] = None,
+) -> None:
+    """Test accuracy and AUC of private training on real data vs non-private training and Opacus."""
+    from dpscope.bench.accuracy import VARIANTS, run_from_options
+
+    unknown = sorted(set(variant or ()) - set(VARIANTS))
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    run_from_options(dataset or ["pneumoniamnist"], model or ["cnn", "resnet20", "resnet18"],
+                     epsilon or [1.0, 3.0, 8.0], seed or [0, 1, 2], variant or list(VARIANTS), out,
+                     accountant=accountant, batch_size=batch_size, lr=lr, momentum=momentum,
+                     max_grad_norm=max_grad_norm, epochs=epochs, threads=threads, jobs=jobs,
+                     json_path=json_path, echo=typer.echo)
+
+
 def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None and v is not False}
 

@@ -499,6 +499,28 @@ def run_accuracy_benchmark(specs: Sequence[RunSpec], out_dir: Path, *, jobs: int
     return record
 
 
+def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: Sequence[float],
+                     seeds: Sequence[int], variants: Sequence[str], out_dir: Path, *,
+                     accountant: str = "pld", batch_size: int | None = None,
+                     lr: float | None = None, momentum: float | None = None,
+                     max_grad_norm: float | None = None, epochs: int | None = None,
+                     threads: int = 1, jobs: int = 1, json_path: Path | None = None,
+                     echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """The benchmark as `benchmarks/accuracy.py` and `dpscope bench accuracy` run it: the tuned
+    recipes with the given overrides (epochs applies to private and non-private runs alike)."""
+    if accountant not in OPACUS_ACCOUNTANT:
+        raise ConfigError(f"accountant must be pld or rdp, got {accountant!r}")
+    if jobs < 1 or threads < 1:
+        raise ConfigError(f"jobs and threads must be at least 1, got {jobs} and {threads}")
+    changes = dict(batch_size=batch_size, lr=lr, momentum=momentum, max_grad_norm=max_grad_norm,
+                   epochs=epochs)
+    specs = plan_grid(datasets, models, epsilons, seeds, variants, accountant=accountant,
+                      threads=threads, private_changes=changes,
+                      nonprivate_changes=dict(epochs=epochs))
+    return run_accuracy_benchmark(specs, out_dir, jobs=jobs, echo=echo,
+                                  json_path=json_path or Path(out_dir) / "accuracy.json")
+
+
 def _opacus_available() -> bool:
     try:
         import opacus  # noqa: F401

@@ -1,0 +1,39 @@
+"""`dpscope bench accuracy` through typer's runner: the same benchmark as benchmarks/accuracy.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from dpscope.cli import app
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["bench", "accuracy", *args])
+
+
+@pytest.mark.slow
+def test_runs_the_grid_and_writes_the_record(tmp_path) -> None:
+    out = tmp_path / "acc"
+    result = invoke("--dataset", "digits", "--model", "mlp", "--epsilon", "1", "--seed", "0",
+                    "--variant", "nonprivate", "--variant", "dpscope", "--epochs", "1",
+                    "--batch-size", "256", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "accuracy.json").read_text())
+    assert [(r["variant"], r["target_epsilon"]) for r in record["rows"]] == [("nonprivate", None), ("dpscope", 1.0)]
+    private = record["rows"][1]
+    assert private["recipe"]["batch_size"] == 256 and private["recipe"]["epochs"] == 1
+    assert private["epsilon"] <= 1.0
+    assert "digits" in result.output and "dpscope" in result.output
+    assert (out / "runs" / private["run"] / "summary.json").is_file()
+
+
+def test_bad_option_gives_one_line_and_exit_code_2(tmp_path) -> None:
+    for args, message in [(("--variant", "nope"), "nope"), (("--accountant", "xyz"), "xyz"),
+                          (("--jobs", "0"), "jobs")]:
+        result = invoke("--dataset", "digits", "--out", str(tmp_path / "o"), *args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
