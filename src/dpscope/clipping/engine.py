@@ -10,10 +10,17 @@ Edge cases (every strategy):
 | max_grad_norm = inf          | the plain sum of per-example gradients                        |
 | an example with zero grad    | weight 1 (no 0/0), contributes zero                           |
 | frozen parameters            | skipped: no rule needed, grads untouched, not in the norms   |
+
+Grouped rows (augmentation multiplicity, De et al. 2022): with `rows_per_example=K`, inputs
+and targets hold B*K rows, example-major (rows i*K .. i*K+K-1 are example i's copies). Example
+i's gradient is then the gradient of the MEAN loss over its K rows, formed before clipping, so
+one example still moves the clipped sum by at most C. Norms and losses (the mean over the rows)
+are per example, (B,). Every strategy supports it (see strategies/layerwise.py for the cost).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Literal, Mapping, Union
 
 import torch
@@ -75,9 +82,10 @@ class ClippingEngine:
         self._slots: list[LayerSlot] = []
         self._plan_cache: dict[tuple, dict[int, LayerPlan]] = {}  # input shape -> slot -> plan
 
-    def grad_norms(self, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor) -> ClipResult:
+    def grad_norms(self, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor, *,
+                   rows_per_example: int = 1) -> ClipResult:
         """Per-example gradient norms (and per-parameter squared norms, losses); p.grad untouched."""
-        result, _ = self._run(loss_fn, inputs, targets, None)
+        result, _ = self._run(loss_fn, inputs, targets, None, rows_per_example)
         return result
 
     def clipped_grad_sum(
@@ -88,14 +96,16 @@ class ClippingEngine:
         clip: ClipRule | float,
         *,
         accumulate: bool = False,
+        rows_per_example: int = 1,
     ) -> ClipResult:
         """Set (or with accumulate=True add to) p.grad = sum_i w_i g_i for every trainable p.
 
         `clip` is a ClipRule (FlatClip, PerLayerClip, AutoClip) or a number meaning FlatClip.
-        Returns the norms before clipping. Nothing is written if the pass raises.
+        Returns the norms before clipping. Nothing is written if the pass raises. With
+        `rows_per_example` K the B*K rows are B examples' K copies each (see the module docstring).
         """
         rule = as_clip_rule(clip)
-        result, sums = self._run(loss_fn, inputs, targets, rule)
+        result, sums = self._run(loss_fn, inputs, targets, rule, rows_per_example)
         for name, p in self._trainable().items():
             total = sums.get(name)
             if total is None:
@@ -128,19 +138,22 @@ class ClippingEngine:
                 return _PER_LAYER[self.strategy[cls]]
         return _PER_LAYER["auto"]
 
-    def _run(self, loss_fn, inputs, targets, clip) -> tuple[ClipResult, dict[str, torch.Tensor]]:
+    def _run(self, loss_fn, inputs, targets, clip, rows: int = 1) -> tuple[ClipResult, dict[str, torch.Tensor]]:
+        _check_rows(rows, inputs.shape[0])
         whole_model = _WHOLE_MODEL.get(self.strategy) if isinstance(self.strategy, str) else None
         if whole_model is not None:
             self._bn_check()
         if inputs.shape[0] == 0:
             return self._empty(inputs), {}
         if whole_model is not None:
-            return self._run_streaming(whole_model, loss_fn, inputs, targets, clip)
+            chunks = functools.partial(whole_model, rows_per_example=rows)
+            return self._run_streaming(chunks, loss_fn, inputs, targets, clip)
         slots = self._layer_slots()
         plan_fns = [self._plan_fn(s) for s in slots]
-        plans = self._plan_cache.setdefault((tuple(inputs.shape), inputs.dtype, str(inputs.device)), {})
+        plans = self._plan_cache.setdefault((tuple(inputs.shape), inputs.dtype, str(inputs.device), rows), {})
         keep_graph = clip is not None and any(fn is ghost.plan for fn in plan_fns)
-        return run_layerwise(self.model, slots, plan_fns, plans, loss_fn, inputs, targets, clip, keep_graph=keep_graph)
+        return run_layerwise(self.model, slots, plan_fns, plans, loss_fn, inputs, targets, clip, keep_graph=keep_graph,
+                             rows_per_example=rows)
 
     def _bn_check(self) -> None:
         """Whole-model strategies need no rules, but BatchNorm still mixes examples."""
@@ -173,11 +186,21 @@ class ClippingEngine:
         return ClipResult(torch.cat(norms), per_param, torch.cat(losses)), sums
 
 
+def _check_rows(rows: int, batch_rows: int) -> None:
+    if not (isinstance(rows, int) and rows >= 1):
+        raise ConfigError(f"rows_per_example must be an integer >= 1, got {rows!r}")
+    if batch_rows % rows:
+        raise ConfigError(f"{batch_rows} input rows do not split into examples of {rows} rows each; "
+                          "give every example the same number of augmented copies")
+
+
 def per_example_grad_norms(
-    model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor, strategy: Strategy = "auto"
+    model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor, strategy: Strategy = "auto",
+    *, rows_per_example: int = 1,
 ) -> torch.Tensor:
     """(B,) L2 norm of each example's gradient over all trainable parameters; p.grad untouched."""
-    return ClippingEngine(model, strategy).grad_norms(loss_fn, inputs, targets).per_example_norms
+    engine = ClippingEngine(model, strategy)
+    return engine.grad_norms(loss_fn, inputs, targets, rows_per_example=rows_per_example).per_example_norms
 
 
 def clipped_grad_sum(
@@ -187,10 +210,13 @@ def clipped_grad_sum(
     targets: torch.Tensor,
     max_grad_norm: float,
     strategy: Strategy = "auto",
+    *,
+    rows_per_example: int = 1,
 ) -> torch.Tensor:
     """Set p.grad = sum_i g_i * min(1, C / (||g_i|| + 1e-6)) for every trainable p; no noise.
 
     Returns the (B,) per-example norms before clipping.
     """
     engine = ClippingEngine(model, strategy)
-    return engine.clipped_grad_sum(loss_fn, inputs, targets, FlatClip(max_grad_norm)).per_example_norms
+    result = engine.clipped_grad_sum(loss_fn, inputs, targets, FlatClip(max_grad_norm), rows_per_example=rows_per_example)
+    return result.per_example_norms

@@ -44,6 +44,10 @@ class LayerRule:
     costs: CostsFn | None = None
     crb_grads: GradsFn | None = None  # per-example grads by one grouped convolution (conv only)
     fastest_grads: GradsFn | None = None  # the fastest materialisation, if not per_example_grads
+    # Every axis between the batch axis and the feature axes is a position the rule sums over,
+    # so the K rows of one example (augmentation multiplicity) can be handed over as an extra
+    # position axis: A (B*K, ...) viewed as (B, K, ...). Others get per-row gradients summed.
+    rows_as_positions: bool = False
 
 
 @dataclass

@@ -54,4 +54,4 @@ def costs(layer: nn.Embedding, idx: torch.Tensor, d: torch.Tensor) -> tuple[floa
     return float(tokens * tokens * dim + tokens * dim), float(tokens * dim + MATERIALIZED_ENTRY_COST * layer.num_embeddings * dim)
 
 
-RULE = LayerRule("embedding", per_example_grads, ghost_sq_norms, weighted_grad_sum, costs)
+RULE = LayerRule("embedding", per_example_grads, ghost_sq_norms, weighted_grad_sum, costs, rows_as_positions=True)

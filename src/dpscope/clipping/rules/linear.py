@@ -54,4 +54,4 @@ def costs(layer: nn.Linear, a: torch.Tensor, d: torch.Tensor) -> tuple[float, fl
     return float(ghost_norm + tokens * p * q), float(tokens * p * q + MATERIALIZED_ENTRY_COST * p * q)
 
 
-RULE = LayerRule("linear", per_example_grads, ghost_sq_norms, weighted_grad_sum, costs)
+RULE = LayerRule("linear", per_example_grads, ghost_sq_norms, weighted_grad_sum, costs, rows_as_positions=True)

@@ -52,6 +52,6 @@ def instance_norm_grads(layer: nn.modules.instancenorm._InstanceNorm, a: torch.T
     return _affine_grads(layer, x_hat, d, (layer.num_features,), spatial)
 
 
-LAYER_NORM = LayerRule("layer_norm", layer_norm_grads)
+LAYER_NORM = LayerRule("layer_norm", layer_norm_grads, rows_as_positions=True)
 GROUP_NORM = LayerRule("group_norm", group_norm_grads)
 INSTANCE_NORM = LayerRule("instance_norm", instance_norm_grads)

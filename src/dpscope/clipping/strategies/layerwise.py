@@ -5,6 +5,14 @@ output gradient D arrives, the layer's plan reduces it at once: to ghost norms, 
 materialised per-example gradients (kept for the sum) and their norms; D itself is kept only
 for layers whose sum is a contraction. Then the clip rule's weights, then per layer the
 weighted sum (stored, contraction, or one shared second backward).
+
+Grouped rows (augmentation multiplicity, De et al. 2022): with `rows_per_example` K the batch
+holds B*K rows, example-major, and example i's gradient is that of the mean loss over its K
+rows. The backward runs on per-row losses divided by K, so summing a layer's per-row gradients
+over an example's rows gives its gradient. Rules with `rows_as_positions` see the rows as K
+extra positions (ghost norms included); the others materialise per-row gradients and sum them
+(their ghost plans become materialise, exact but with per-row memory). Weights stay per
+example; the second backward gives every row its example's weight.
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ from dpscope.clipping.strategies.plans import LayerPlan, PlanFn
 Sums = dict[str, torch.Tensor]
 
 
-def _effective(plan: LayerPlan, calls: int) -> LayerPlan:
-    """Ghost norms have cross terms between calls of a shared layer: materialise those instead."""
-    if calls > 1 and plan.norm == "ghost":
+def _effective(plan: LayerPlan, calls: int, rows_apart: bool) -> LayerPlan:
+    """Ghost norms have cross terms between calls of a shared layer, and between the rows of one
+    example that a rule cannot see as positions: materialise those instead."""
+    if (calls > 1 or rows_apart) and plan.norm == "ghost":
         return LayerPlan("materialize", "stored" if plan.total == "contraction" else plan.total)
     return plan
 
@@ -39,8 +48,10 @@ def _add(total: Grads, part: Grads, names: tuple[str, ...]) -> None:
 class _Pass:
     """Per-layer state of one batch, filled while the backward runs."""
 
-    def __init__(self, slots: list[LayerSlot], plan_fns: list[PlanFn], plans: dict[int, LayerPlan], keep_sums: bool) -> None:
+    def __init__(self, slots: list[LayerSlot], plan_fns: list[PlanFn], plans: dict[int, LayerPlan], keep_sums: bool,
+                 rows: int = 1) -> None:
         self.slots, self.plan_fns, self.plans, self.keep_sums = slots, plan_fns, plans, keep_sums
+        self.rows = rows  # rows per example
         self.pending: Counter[int] = Counter()
         self.sq: dict[int, Grads] = {}
         self.stored: dict[int, Grads] = {}
@@ -49,7 +60,8 @@ class _Pass:
     def plan(self, i: int, a: torch.Tensor, d: torch.Tensor) -> LayerPlan:
         if i not in self.plans:
             self.plans[i] = self.plan_fns[i](self.slots[i], a, d)
-        return _effective(self.plans[i], self.calls[i])
+        rows_apart = self.rows > 1 and not self.slots[i].rule.rows_as_positions
+        return _effective(self.plans[i], self.calls[i], rows_apart)
 
     def start(self, calls: list[LayerCall]) -> None:
         self.calls = Counter(c.slot for c in calls)
@@ -59,6 +71,8 @@ class _Pass:
     def on_grad(self, call: LayerCall, d: torch.Tensor) -> None:
         i, slot = call.slot, self.slots[call.slot]
         a = call.inputs
+        if self.rows > 1 and slot.rule.rows_as_positions:
+            a, d = _rows_as_positions(a, self.rows), _rows_as_positions(d, self.rows)
         plan = self.plan(i, a, d)
         if plan.norm == "ghost":
             self.sq[i] = slot.rule.ghost_sq_norms(slot.module, a, d)
@@ -67,12 +81,19 @@ class _Pass:
             return
         rule = slot.rule
         fn = {"crb": rule.crb_grads, "fastest": rule.fastest_grads}.get(plan.norm) or rule.per_example_grads
-        _add(self.stored.setdefault(i, {}), fn(slot.module, a, d), slot.param_names)
+        grads = fn(slot.module, a, d)
+        if self.rows > 1 and not slot.rule.rows_as_positions:  # per-row (B*K, ...) -> per example
+            grads = {n: g.reshape(-1, self.rows, *g.shape[1:]).sum(1) for n, g in grads.items()}
+        _add(self.stored.setdefault(i, {}), grads, slot.param_names)
         self.pending[i] -= 1
         if self.pending[i] == 0:
             self.sq[i] = {n: flat_sq_norm(g) for n, g in self.stored[i].items()}
             if not self.keep_sums:
                 del self.stored[i]
+
+
+def _rows_as_positions(t: torch.Tensor, rows: int) -> torch.Tensor:
+    return t.reshape(t.shape[0] // rows, rows, *t.shape[1:])  # (B*K, ...) -> (B, K, ...)
 
 
 def run_layerwise(
@@ -86,11 +107,14 @@ def run_layerwise(
     clip: ClipRule | None,
     *,
     keep_graph: bool,
+    rows_per_example: int = 1,
 ) -> tuple[ClipResult, Sums]:
     """Norms (and with a clip rule, clipped sums) of one batch. `plans` caches decisions per slot."""
-    state = _Pass(slots, plan_fns, plans, keep_sums=clip is not None)
-    losses, calls = capture(model, slots, loss_fn, inputs, targets, state.on_grad, keep_graph=keep_graph, on_forward=state.start)
-    batch = inputs.shape[0]
+    rows = rows_per_example
+    state = _Pass(slots, plan_fns, plans, keep_sums=clip is not None, rows=rows)
+    row_loss_fn = loss_fn if rows == 1 else (lambda outputs, y: loss_fn(outputs, y) / rows)
+    losses, calls = capture(model, slots, row_loss_fn, inputs, targets, state.on_grad, keep_graph=keep_graph, on_forward=state.start)
+    batch = inputs.shape[0] // rows
     sq_norms: dict[str, torch.Tensor] = {}
     for i, slot in enumerate(slots):
         local = state.sq.get(i, {})
@@ -98,14 +122,15 @@ def run_layerwise(
             sq_norms[slot.full_name(n)] = local[n] if n in local else losses.new_zeros(batch).detach()
     with torch.no_grad():
         norms = torch.stack(list(sq_norms.values())).sum(0).sqrt() if sq_norms else losses.new_zeros(batch)
-    result = ClipResult(norms, sq_norms, losses.detach())
+    result = ClipResult(norms, sq_norms, losses.detach().view(batch, rows).sum(1))
     if clip is None:
         return result, {}
     weights = clip.weights(sq_norms, norms)
-    return result, _clipped_sums(slots, state, losses, weights)
+    return result, _clipped_sums(slots, state, losses, weights, rows)
 
 
-def _clipped_sums(slots: list[LayerSlot], state: _Pass, losses: torch.Tensor, weights: dict[str, torch.Tensor]) -> Sums:
+def _clipped_sums(slots: list[LayerSlot], state: _Pass, losses: torch.Tensor, weights: dict[str, torch.Tensor],
+                  rows: int) -> Sums:
     sums: Sums = {}
     backward: list[tuple[str, torch.Tensor]] = []
     second = [i for i in range(len(slots)) if i in state.plans and state.plans[i].total == "second_backward"]
@@ -127,7 +152,7 @@ def _clipped_sums(slots: list[LayerSlot], state: _Pass, losses: torch.Tensor, we
                 local = {n: torch.zeros_like(getattr(slot.module, n)) for n in slot.param_names}
             sums.update({slot.full_name(n): local[n] for n in slot.param_names})
     if backward:
-        w = weights[backward[0][0]]
+        w = weights[backward[0][0]].repeat_interleave(rows)  # each row gets its example's weight
         with torch.enable_grad():
             weighted_loss = (losses * w).sum()
         grads = torch.autograd.grad(weighted_loss, [p for _, p in backward], allow_unused=True)
