@@ -40,6 +40,11 @@ class RunConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
+    # augmentation of training batches (dpscope.data.augment), private or not
+    augment: str | None = Field(None, description='"crop" or "crop,flip": random augmentations of training images')
+    augment_multiplicity: int = Field(
+        1, ge=1, description="augmented copies per example; a private example's gradient is the mean "
+        "over its copies before clipping (De et al. 2022), so the guarantee is unchanged")
     # privacy (off unless epsilon or noise_multiplier is given)
     epsilon: float | None = Field(None, description="target epsilon for the whole run")
     delta: float | None = Field(None, description="target delta; default min(1e-5, 1/(10 N))")
@@ -125,9 +130,28 @@ class RunConfig(BaseModel):
                 raise ValueError(str(error)) from None
         return spec
 
+    @field_validator("augment")
+    @classmethod
+    def _augment_spec_parses(cls, spec: str | None) -> str | None:
+        if spec is None:
+            return None
+        from dpscope.data.augment import parse_augment
+
+        try:
+            return ",".join(parse_augment(spec))
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+
     @property
     def private(self) -> bool:
         return self.epsilon is not None or self.noise_multiplier is not None
+
+    def check_augment(self) -> None:
+        """ConfigError for copies without augmentation (checked at run start, not per option, so
+        that study specs can vary augment_multiplicity alone)."""
+        if self.augment_multiplicity > 1 and self.augment is None:
+            raise ConfigError("invalid config: augment_multiplicity > 1 needs augment (e.g. crop); "
+                              "identical copies would only cost time")
 
     def check_imbalance(self) -> None:
         """ConfigError unless minority_group and majority_share are given together (or neither)."""

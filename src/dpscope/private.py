@@ -48,21 +48,35 @@ def make_plan(config: RunConfig, dataset_size: int, model: torch.nn.Module) -> P
 
 
 class ClippedSumGradient:
-    """Sum of clipped per-example gradients of a logical batch, in physical chunks."""
+    """Sum of clipped per-example gradients of a logical batch, in physical chunks.
+
+    With an augmenter of multiplicity K, each chunk of examples becomes K augmented rows per
+    example and an example's gradient is the mean over its rows, before clipping (De et al.
+    2022): the sensitivity stays C. `physical_batch_size` counts examples, so a chunk is K times
+    as many rows.
+    """
 
     def __init__(self, model: torch.nn.Module, strategy: str, clip_rule: Any,
-                 physical_batch_size: int | None) -> None:
+                 physical_batch_size: int | None, augmenter: Any = None) -> None:
         self.model = model
         self.engine = clipping.ClippingEngine(model, strategy=strategy)
         self.clip_rule = clip_rule
         self.physical_batch_size = physical_batch_size
+        self.augmenter = augmenter  # dpscope.data.augment.BatchAugmenter or None
+
+    def _chunk(self, inputs: torch.Tensor, targets: torch.Tensor) -> clipping.ClipResult:
+        if self.augmenter is None:
+            return self.engine.clipped_grad_sum(per_example_cross_entropy, inputs, targets,
+                                                self.clip_rule, accumulate=True)
+        rows, row_targets = self.augmenter(inputs, targets)
+        return self.engine.clipped_grad_sum(per_example_cross_entropy, rows, row_targets, self.clip_rule,
+                                            accumulate=True, rows_per_example=self.augmenter.multiplicity)
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> GradientResult:
         self.model.zero_grad(set_to_none=True)
         size = self.physical_batch_size or max(1, len(targets))
         results = [  # contiguous slices: views, no copy of the batch per step
-            self.engine.clipped_grad_sum(per_example_cross_entropy, inputs[start:start + size],
-                                         targets[start:start + size], self.clip_rule, accumulate=True)
+            self._chunk(inputs[start:start + size], targets[start:start + size])
             for start in range(0, len(targets), size)
         ]
         if not results:  # an empty Poisson batch: the optimiser noises an all-zero sum
@@ -80,11 +94,12 @@ class PrivateTraining:
     """The loop's view of privacy: budget checks, epsilon spent, ledger and summary fields."""
 
     def __init__(self, plan: PrivacyPlan, optimizer: DPOptimizer, strategy: str,
-                 param_bounds: dict[str, float]) -> None:
+                 param_bounds: dict[str, float], augmenter: Any = None) -> None:
         self.plan = plan
         self.optimizer = optimizer
         self.strategy = strategy
         self._param_bounds = param_bounds  # per-layer clipping: parameter name -> bound
+        self.augmenter = augmenter
         self._epsilon_cache: tuple[Any, float] = (None, 0.0)
 
     @property
@@ -114,8 +129,14 @@ class PrivateTraining:
         if self._param_bounds:
             report.extra["per_layer_max_grad_norms"] = self._param_bounds
 
+    def statement(self) -> str:
+        """The plan's guarantee, and what augmentation (if any) does to it."""
+        if self.augmenter is None:
+            return self.plan.describe()
+        return self.plan.describe() + "\n" + self.augmenter.privacy_statement()
+
     def describe(self) -> str:
-        return self.plan.describe() + f"\nper-example gradients: strategy {self.strategy!r}"
+        return self.statement() + f"\nper-example gradients: strategy {self.strategy!r}"
 
     def summary(self) -> dict[str, Any]:
         plan = self.plan
@@ -133,7 +154,7 @@ class PrivateTraining:
             "clipping_strategy": self.strategy,
             "sampling": plan.sampling,
             "secure_rng": plan.secure_rng,
-            "privacy_statement": plan.describe(),
+            "privacy_statement": self.statement(),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -164,7 +185,7 @@ def _per_parameter_bounds(plan: PrivacyPlan, model: torch.nn.Module) -> dict[str
     return {name: rule.max_grad_norms[rule.group_of(name)] for name in names}
 
 
-def build_private_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Module):
+def build_private_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Module, augmenter: Any = None):
     from dpscope.train import TrainingParts
 
     plan = make_plan(config, len(dataset.train), model)
@@ -178,8 +199,9 @@ def build_private_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Mod
     return TrainingParts(
         sampler=sampler,
         gradient_step=ClippedSumGradient(model, config.clipping, plan.clip_rule(),
-                                         config.physical_batch_size),
+                                         config.physical_batch_size, augmenter),
         optimizer=optimizer,
         privacy=PrivateTraining(plan, optimizer, config.clipping,
-                                _per_parameter_bounds(plan, model)),
+                                _per_parameter_bounds(plan, model), augmenter),
+        augmenter=augmenter,
     )

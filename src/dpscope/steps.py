@@ -39,15 +39,22 @@ class GradientStep(Protocol):
 
 
 class MeanGradient:
-    """Non-private: the batch-mean gradient by one ordinary backward pass."""
+    """Non-private: the batch-mean gradient by one ordinary backward pass.
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    With an augmenter, the mean over the B*K augmented rows (a plain augmented minibatch), and
+    `loss_sum` sums each example's mean loss over its copies.
+    """
+
+    def __init__(self, model: torch.nn.Module, augmenter: Any = None) -> None:
         self.model = model
+        self.augmenter = augmenter  # dpscope.data.augment.BatchAugmenter or None
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> GradientResult:
         self.model.zero_grad(set_to_none=True)
         if len(targets) == 0:
             return GradientResult(loss_sum=0.0, batch_size=0)
-        losses = per_example_cross_entropy(self.model(inputs), targets)
+        rows, row_targets = (inputs, targets) if self.augmenter is None else self.augmenter(inputs, targets)
+        losses = per_example_cross_entropy(self.model(rows), row_targets)
         losses.mean().backward()
-        return GradientResult(loss_sum=float(losses.detach().sum()), batch_size=len(targets))
+        copies = len(row_targets) // len(targets)
+        return GradientResult(loss_sum=float(losses.detach().sum()) / copies, batch_size=len(targets))

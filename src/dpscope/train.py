@@ -23,6 +23,7 @@ import torch
 from dpscope.callbacks import Callback, LoopState, StepReport
 from dpscope.config import RunConfig
 from dpscope.data import Dataset, load_dataset
+from dpscope.data.augment import BatchAugmenter, parse_augment
 from dpscope.data.poisson import ShuffledBatchSampler
 from dpscope.dataset_prep import PreparedData, fairness_entry, prepare_dataset
 from dpscope.metrics import classification_metrics, predict
@@ -63,19 +64,33 @@ class TrainingParts:
     optimizer: torch.optim.Optimizer
     privacy: Any = None  # dpscope.private.PrivateTraining
     callbacks: list[Callback] = field(default_factory=list)
+    augmenter: BatchAugmenter | None = None  # its generator state goes into the checkpoint
+
+
+AUGMENT_SEED_OFFSET = 104729  # augmentations draw from their own seeded stream
+
+
+def build_augmenter(config: RunConfig) -> BatchAugmenter | None:
+    config.check_augment()
+    if config.augment is None:
+        return None
+    return BatchAugmenter(parse_augment(config.augment), config.augment_multiplicity,
+                          seed=config.seed + AUGMENT_SEED_OFFSET)
 
 
 def build_training_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Module) -> TrainingParts:
+    augmenter = build_augmenter(config)
     if config.private:
         from dpscope.private import build_private_parts
 
-        return build_private_parts(config, dataset, model)
+        return build_private_parts(config, dataset, model, augmenter)
     return TrainingParts(
         sampler=ShuffledBatchSampler(len(dataset.train), config.batch_size, seed=config.seed),
-        gradient_step=MeanGradient(model),
+        gradient_step=MeanGradient(model, augmenter),
         optimizer=make_torch_optimizer(model.parameters(), kind=config.optimizer, lr=config.lr,
                                        momentum=config.momentum,
                                        weight_decay=config.weight_decay),
+        augmenter=augmenter,
     )
 
 
@@ -220,6 +235,8 @@ def _describe(config: RunConfig, prepared: PreparedData, parts: TrainingParts) -
         text += "\n" + parts.privacy.describe()
     else:
         text += ", non-private"
+    if parts.augmenter is not None:
+        text += "\n" + parts.augmenter.describe()
     if "imbalance" in prepared.records:
         record = prepared.records["imbalance"]
         text += (f"\nimbalance: {record['minority_group']} is "
@@ -241,6 +258,7 @@ def _checkpoint(folder: RunFolder, state: LoopState, parts: TrainingParts,
         "sampler": parts.sampler.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "privacy": parts.privacy.state_dict() if parts.privacy is not None else None,
+        "augment": parts.augmenter.state_dict() if parts.augmenter is not None else None,
         "callbacks": {f"{i}:{c.name}": c.state_dict() for i, c in enumerate(callbacks)},
     })
     if parts.privacy is not None:
@@ -257,6 +275,8 @@ def _restore(folder: RunFolder, state: LoopState, parts: TrainingParts,
     torch.set_rng_state(checkpoint["torch_rng"])
     if parts.privacy is not None:
         parts.privacy.load_state_dict(checkpoint["privacy"])
+    if parts.augmenter is not None:
+        parts.augmenter.load_state_dict(checkpoint["augment"])
     for i, callback in enumerate(callbacks):
         callback.load_state_dict(checkpoint["callbacks"].get(f"{i}:{callback.name}", {}))
     return float(checkpoint["seconds"])
@@ -292,6 +312,8 @@ def _summary(config: RunConfig, prepared: PreparedData, model: torch.nn.Module,
         "epsilon": None,
         "delta": None,
         "stopped_early": stopped_early,
+        "augment": config.augment,
+        "augment_multiplicity": config.augment_multiplicity,
     }
     if parts.privacy is not None:
         summary.update(parts.privacy.summary())
