@@ -4,6 +4,8 @@
     python benchmarks/accuracy.py --models cnn --epsilons 1 3 8 --seeds 0 1 2 \\
         --variants nonprivate dpscope --jobs 2 --out bench-out/accuracy
     python benchmarks/accuracy.py --dataset digits --epsilons 1 --variants dpscope
+    python benchmarks/accuracy.py --models cnn --epsilons 8 --variants nonprivate_augmult \
+        dpscope_augmult --jobs 2                          # augmentation multiplicity (crop, K 8)
 
 Runs land in OUT/runs/ (finished runs are reused, interrupted ones resume); the table goes to
 stdout and the full record to OUT/accuracy.json (or --json). The logic and the tuned recipes
@@ -15,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dpscope.bench.accuracy import VARIANTS, run_from_options
+from dpscope.bench.accuracy import DEFAULT_VARIANTS, VARIANTS, run_from_options
 
 
 def main() -> None:
@@ -24,7 +26,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["cnn", "resnet20", "resnet18"])
     parser.add_argument("--epsilons", nargs="+", type=float, default=[1.0, 3.0, 8.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS),
+                        help="default: %(default)s; the *_augmult ones add the dataset's augmentation")
     parser.add_argument("--accountant", choices=("pld", "rdp"), default="pld",
                         help="dpscope's accountant; Opacus gets rdp for rdp and prv for pld")
     group = parser.add_argument_group("private recipe overrides (default: the tuned recipe per dataset and epsilon)")

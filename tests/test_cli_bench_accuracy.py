@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from dpscope.bench.accuracy import AUGMULT, plan_grid
 from dpscope.cli import app
 
 
@@ -18,12 +19,16 @@ def invoke(*args: str):
 def test_runs_the_grid_and_writes_the_record(tmp_path) -> None:
     out = tmp_path / "acc"
     result = invoke("--dataset", "digits", "--model", "mlp", "--epsilon", "1", "--seed", "0",
-                    "--variant", "nonprivate", "--variant", "dpscope", "--epochs", "1",
+                    "--variant", "nonprivate", "--variant", "dpscope", "--variant", "dpscope_augmult",
+                    "--epochs", "1",
                     "--batch-size", "256", "--out", str(out))
     assert result.exit_code == 0, result.output
     record = json.loads((out / "accuracy.json").read_text())
-    assert [(r["variant"], r["target_epsilon"]) for r in record["rows"]] == [("nonprivate", None), ("dpscope", 1.0)]
-    private = record["rows"][1]
+    assert [(r["variant"], r["target_epsilon"]) for r in record["rows"]] == [
+        ("nonprivate", None), ("dpscope", 1.0), ("dpscope_augmult", 1.0)]
+    private, augmented = record["rows"][1:]
+    assert augmented["recipe"] == {**private["recipe"], **AUGMULT["digits"]}
+    assert augmented["epsilon"] == private["epsilon"]  # multiplicity leaves the accounting alone
     assert private["recipe"]["batch_size"] == 256 and private["recipe"]["epochs"] == 1
     assert private["epsilon"] <= 1.0
     assert "digits" in result.output and "dpscope" in result.output
@@ -37,3 +42,15 @@ def test_bad_option_gives_one_line_and_exit_code_2(tmp_path) -> None:
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_augmult_variants_add_the_datasets_augmentation_to_the_same_recipes() -> None:
+    specs = plan_grid(["pneumoniamnist"], ["cnn"], [8.0], [0], ["nonprivate", "nonprivate_augmult", "dpscope",
+                                                               "dpscope_augmult"])
+    by_variant = {s.variant: s for s in specs}
+    for base in ("nonprivate", "dpscope"):
+        plain, augmented = by_variant[base].recipe, by_variant[base + "_augmult"].recipe
+        assert plain.augment is None and plain.augment_multiplicity == 1
+        assert augmented.augment_multiplicity > 1
+        assert {**vars(augmented), **dict(augment=None, augment_multiplicity=1)} == vars(plain)
+    assert len({s.name for s in specs}) == 4

@@ -80,7 +80,7 @@ def bench_accuracy(
     model: Annotated[Optional[list[str]], typer.Option(help="model, repeatable (default: cnn resnet20 resnet18)")] = None,
     epsilon: Annotated[Optional[list[float]], typer.Option(help="target epsilon, repeatable (default: 1 3 8)")] = None,
     seed: Annotated[Optional[list[int]], typer.Option(help="seed, repeatable (default: 0 1 2)")] = None,
-    variant: Annotated[Optional[list[str]], typer.Option(help="nonprivate, dpscope or opacus; repeatable (default: all)")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(help="nonprivate, dpscope, opacus, nonprivate_augmult or dpscope_augmult; repeatable (default: the first three)")] = None,
     accountant: Annotated[str, typer.Option(help="pld or rdp (Opacus gets prv for pld)")] = "pld",
     batch_size: Annotated[Optional[int], typer.Option(help="override the tuned private expected batch size")] = None,
     lr: Annotated[Optional[float], typer.Option(help="override the tuned private learning rate")] = None,
@@ -93,13 +93,13 @@ def bench_accuracy(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="full record (default OUT/accuracy.json)")] = None,
 ) -> None:
     """Test accuracy and AUC of private training on real data vs non-private training and Opacus."""
-    from dpscope.bench.accuracy import VARIANTS, run_from_options
+    from dpscope.bench.accuracy import DEFAULT_VARIANTS, VARIANTS, run_from_options
 
     unknown = sorted(set(variant or ()) - set(VARIANTS))
     if unknown:
         raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     run_from_options(dataset or ["pneumoniamnist"], model or ["cnn", "resnet20", "resnet18"],
-                     epsilon or [1.0, 3.0, 8.0], seed or [0, 1, 2], variant or list(VARIANTS), out,
+                     epsilon or [1.0, 3.0, 8.0], seed or [0, 1, 2], variant or list(DEFAULT_VARIANTS), out,
                      accountant=accountant, batch_size=batch_size, lr=lr, momentum=momentum,
                      max_grad_norm=max_grad_norm, epochs=epochs, threads=threads, jobs=jobs,
                      json_path=json_path, echo=typer.echo)
