@@ -61,3 +61,9 @@ def test_cli_bad_augment_options_give_one_line_and_exit_2(tmp_path, args, messag
                                       "--out", str(tmp_path / "r"), *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_config_keeps_the_canonical_augment_spec():
+    assert make_run_config(augment="flip, crop:2").augment == "crop:2,flip"
+    assert make_run_config(augment="crop:4").augment == "crop"
+    assert make_run_config(augment_multiplicity=3).augment_multiplicity == 3  # alone, as study specs check it

@@ -133,7 +133,7 @@ def train(
     secure_rng: Annotated[bool, typer.Option("--secure-rng", help="draw noise from the OS's randomness (slower, not reproducible)")] = False,
     clip_per_layer: Annotated[bool, typer.Option("--clip-per-layer", help="a clipping bound per layer, total sensitivity still C")] = False,
     auto_clip: Annotated[bool, typer.Option("--auto-clip", help="normalise per-example gradients instead of clipping (Bu et al. 2023)")] = False,
-    augment: Annotated[Optional[str], typer.Option(help="augment training images: crop or crop,flip (random crop with 4 px reflect padding, horizontal flip)")] = None,
+    augment: Annotated[Optional[str], typer.Option(help="augment training images: crop, crop,flip or crop:2,flip (random crop with reflect padding, 4 px unless given; horizontal flip)")] = None,
     augment_multiplicity: Annotated[Optional[int], typer.Option(help="augmented copies per example (needs --augment); private: the mean over copies is clipped, the guarantee is unchanged")] = None,
     track_dynamics: Annotated[bool, typer.Option("--track-dynamics", help="record layer-wise relative weight change")] = False,
     dynamics_every_steps: Annotated[Optional[int], typer.Option(help="record layer dynamics every N steps instead of each epoch (implies --track-dynamics)")] = None,

@@ -41,7 +41,8 @@ class RunConfig(BaseModel):
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     # augmentation of training batches (dpscope.data.augment), private or not
-    augment: str | None = Field(None, description='"crop" or "crop,flip": random augmentations of training images')
+    augment: str | None = Field(None, description='"crop", "crop,flip" or "crop:2,flip" (crop padding in px, '
+                                'default 4): random augmentations of training images')
     augment_multiplicity: int = Field(
         1, ge=1, description="augmented copies per example; a private example's gradient is the mean "
         "over its copies before clipping (De et al. 2022), so the guarantee is unchanged")
@@ -135,10 +136,10 @@ class RunConfig(BaseModel):
     def _augment_spec_parses(cls, spec: str | None) -> str | None:
         if spec is None:
             return None
-        from dpscope.data.augment import parse_augment
+        from dpscope.data.augment import format_augment, parse_augment
 
         try:
-            return ",".join(parse_augment(spec))
+            return format_augment(*parse_augment(spec))
         except ConfigError as error:
             raise ValueError(str(error)) from None
 

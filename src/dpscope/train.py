@@ -23,7 +23,7 @@ import torch
 from dpscope.callbacks import Callback, LoopState, StepReport
 from dpscope.config import RunConfig
 from dpscope.data import Dataset, load_dataset
-from dpscope.data.augment import BatchAugmenter, parse_augment
+from dpscope.data.augment import BatchAugmenter
 from dpscope.data.poisson import ShuffledBatchSampler
 from dpscope.dataset_prep import PreparedData, fairness_entry, prepare_dataset
 from dpscope.metrics import classification_metrics, predict
@@ -74,8 +74,8 @@ def build_augmenter(config: RunConfig) -> BatchAugmenter | None:
     config.check_augment()
     if config.augment is None:
         return None
-    return BatchAugmenter(parse_augment(config.augment), config.augment_multiplicity,
-                          seed=config.seed + AUGMENT_SEED_OFFSET)
+    return BatchAugmenter.from_spec(config.augment, config.augment_multiplicity,
+                                    seed=config.seed + AUGMENT_SEED_OFFSET)
 
 
 def build_training_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Module) -> TrainingParts:

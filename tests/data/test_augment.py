@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpscope.data.augment import BatchAugmenter, parse_augment, random_crop, random_flip
+from dpscope.data.augment import BatchAugmenter, format_augment, parse_augment, random_crop, random_flip
 from dpscope.errors import ConfigError
 
 
@@ -71,12 +71,16 @@ def test_empty_batch_gives_no_rows():
     assert rows.shape == (0, 2, 7, 7) and targets.shape == (0,)
 
 
-@pytest.mark.parametrize("spec, want", [("crop", ("crop",)), ("flip, crop", ("crop", "flip"))])
-def test_parse_augment(spec, want):
+@pytest.mark.parametrize("spec, want, canonical", [("crop", (("crop",), 4), "crop"),
+                                                   ("flip, crop", (("crop", "flip"), 4), "crop,flip"),
+                                                   ("flip,crop:2", (("crop", "flip"), 2), "crop:2,flip")])
+def test_parse_augment(spec, want, canonical):
     assert parse_augment(spec) == want
+    assert format_augment(*want) == canonical
+    assert BatchAugmenter.from_spec(spec).crop_padding_px == want[1]
 
 
-@pytest.mark.parametrize("spec", ["", "rotate", "crop,crop", "crop,,zoom"])
+@pytest.mark.parametrize("spec", ["", "rotate", "crop,crop", "crop,,zoom", "crop:0", "crop:x", "flip:2"])
 def test_bad_specs_name_the_choices(spec):
     with pytest.raises(ConfigError, match="crop, flip"):
         parse_augment(spec)

@@ -1,6 +1,6 @@
 """Batched random augmentations on image tensors, with augmentation multiplicity.
 
-    augmenter = BatchAugmenter(parse_augment("crop,flip"), multiplicity=8, seed=0)
+    augmenter = BatchAugmenter.from_spec("crop,flip", multiplicity=8, seed=0)   # or "crop:2"
     rows, row_targets = augmenter(images, targets)   # (B, C, H, W) -> (B*8, C, H, W)
 
 Augmentation multiplicity (De et al. 2022, "Unlocking high-accuracy differentially private image
@@ -29,14 +29,23 @@ AUGMENTATIONS: tuple[str, ...] = ("crop", "flip")
 CROP_PADDING_PX = 4
 
 
-def parse_augment(spec: str) -> tuple[str, ...]:
-    """"crop" or "crop,flip" (any order, no repeats) -> the names in AUGMENTATIONS order."""
-    names = [part.strip() for part in spec.split(",") if part.strip()]
-    unknown = [n for n in names if n not in AUGMENTATIONS]
-    if not names or unknown or len(set(names)) != len(names):
-        raise ConfigError(f"augment must be a comma-separated subset of {', '.join(AUGMENTATIONS)} "
-                          f"(e.g. crop,flip), got {spec!r}")
-    return tuple(n for n in AUGMENTATIONS if n in names)
+def parse_augment(spec: str) -> tuple[tuple[str, ...], int]:
+    """"crop", "crop,flip" or "crop:2,flip" (crop padding in px, default CROP_PADDING_PX; any
+    order, no repeats) -> (names in AUGMENTATIONS order, crop padding in px)."""
+    parts = [part.strip() for part in spec.split(",") if part.strip()]
+    names = [part.split(":")[0] for part in parts]
+    padding = [part.split(":", 1)[1] for part in parts if part.startswith("crop:")]
+    unknown = [p for p, n in zip(parts, names) if n not in AUGMENTATIONS or (":" in p and n != "crop")]
+    if not names or unknown or len(set(names)) != len(names) or not all(p.isdigit() and int(p) > 0 for p in padding):
+        raise ConfigError(f"augment must be a comma-separated subset of {', '.join(AUGMENTATIONS)}, crop "
+                          f"optionally with its padding in px (e.g. crop,flip or crop:2), got {spec!r}")
+    return tuple(n for n in AUGMENTATIONS if n in names), int(padding[0]) if padding else CROP_PADDING_PX
+
+
+def format_augment(augmentations: tuple[str, ...], crop_padding_px: int) -> str:
+    """The canonical spec: parse_augment(format_augment(*parse_augment(s))) == parse_augment(s)."""
+    return ",".join(f"crop:{crop_padding_px}" if a == "crop" and crop_padding_px != CROP_PADDING_PX else a
+                    for a in augmentations)
 
 
 def random_crop(images: torch.Tensor, padding_px: int, generator: torch.Generator) -> torch.Tensor:
@@ -77,6 +86,11 @@ class BatchAugmenter:
         self.crop_padding_px = crop_padding_px
         self.generator = torch.Generator().manual_seed(seed)
 
+    @classmethod
+    def from_spec(cls, spec: str, multiplicity: int = 1, *, seed: int = 0) -> "BatchAugmenter":
+        augmentations, crop_padding_px = parse_augment(spec)
+        return cls(augmentations, multiplicity, seed=seed, crop_padding_px=crop_padding_px)
+
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W), (B,) -> (B*K, C, H, W), (B*K,), example-major."""
         k = self.multiplicity
@@ -94,7 +108,8 @@ class BatchAugmenter:
 
     def privacy_statement(self) -> str:
         """What the augmentation does to the guarantee: nothing, and why."""
-        return (f"augmentation multiplicity K={self.multiplicity} ({','.join(self.augmentations)}): "
+        return (f"augmentation multiplicity K={self.multiplicity} "
+                f"({format_augment(self.augmentations, self.crop_padding_px)}): "
                 "each example's gradient is the mean over its K augmented copies, clipped as one, "
                 "so the sensitivity stays C and the guarantee is unchanged (q and steps count "
                 "examples, not copies)")
