@@ -20,16 +20,18 @@ def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, what: str) ->
     assert rel < REL_TOL, f"{what}: {name} differs from the reference by {err:.3g} (relative {rel:.3g})"
 
 
-def run(model: nn.Module, loss_fn, x, y, strategy, clip) -> tuple[clipping.ClipResult, dict[str, torch.Tensor]]:
+def run(model: nn.Module, loss_fn, x, y, strategy, clip, **options) -> tuple[clipping.ClipResult, dict[str, torch.Tensor]]:
     for p in model.parameters():
         p.grad = None
-    result = clipping.ClippingEngine(model, strategy).clipped_grad_sum(loss_fn, x, y, clip)
+    result = clipping.ClippingEngine(model, strategy, **options).clipped_grad_sum(loss_fn, x, y, clip)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     return result, grads
 
 
-def check_against_references(model: nn.Module, loss_fn, x, y, strategies=LAYERWISE, clip=None) -> None:
+def check_against_references(model: nn.Module, loss_fn, x, y, strategies=LAYERWISE, clip=None, **options) -> None:
     """Every strategy equals naive, and vmap equals naive, on norms, per-parameter norms and sums.
+
+    `options` go to the engines of `strategies` (e.g. max_extra_bytes), not to the references.
 
     By default the bound is the median norm (as `auto` finds it: every result is then compared
     with naive anyway), so some examples are clipped and some are not.
@@ -39,7 +41,7 @@ def check_against_references(model: nn.Module, loss_fn, x, y, strategies=LAYERWI
         clip = clipping.FlatClip(float(norms.median()) if norms.numel() else 1.0)
     want, want_grads = run(model, loss_fn, x, y, "naive", clip)
     for strategy in ("vmap", *strategies):
-        got, got_grads = run(model, loss_fn, x, y, strategy, clip)
+        got, got_grads = run(model, loss_fn, x, y, strategy, clip, **({} if strategy == "vmap" else options))
         tag = f"strategy {strategy}"
         assert_close("per-example norms", got.per_example_norms, want.per_example_norms, tag)
         assert_close("per-example losses", got.per_example_losses, want.per_example_losses, tag)

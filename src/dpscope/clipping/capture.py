@@ -8,7 +8,8 @@ every other layer lies on a path to one of them, so autograd runs its node and a
 (taken when the layer ran, so later in-place operations on the output do not matter) catches D
 and hands it to `on_grad` at once. A strategy reduces D there (to norms, per-example gradients)
 and frees it while the backward goes on, so peak memory stays near that of non-private
-training. Parameter-gradient kernels and the inputs' gradient are never computed. A layer that
+training; `on_grad` may also drop `call.inputs` once it no longer needs A (each input is
+checked for in-place edits just before its `on_grad`). Parameter-gradient kernels and the inputs' gradient are never computed. A layer that
 the graph search finds on no such path gets its D captured directly, like a source.
 """
 
@@ -30,7 +31,7 @@ class LayerCall:
     """One call of a covered layer: its input A and where its output entered the graph."""
 
     slot: int  # index into the slot list
-    inputs: torch.Tensor
+    inputs: torch.Tensor | None  # None once on_grad has released it (see module docstring)
     is_source: bool  # its input depends on nothing differentiable
     version: int  # version counter of `inputs` when recorded: detects later in-place edits
     edge: GradientEdge
@@ -59,13 +60,12 @@ def _recorder(calls: list[LayerCall], slot: int, path: str) -> Callable:
     return hook
 
 
-def _check_unmodified(slots: list[LayerSlot], calls: list[LayerCall]) -> None:
-    for c in calls:
-        if c.inputs._version != c.version:
-            raise UnsupportedLayerError(
-                f"the input of layer '{slots[c.slot].path or '<root>'}' was modified in place after the "
-                "layer used it; make that operation out of place (e.g. inplace=False)"
-            )
+def _check_unmodified(slots: list[LayerSlot], c: LayerCall) -> None:
+    if c.inputs._version != c.version:
+        raise UnsupportedLayerError(
+            f"the input of layer '{slots[c.slot].path or '<root>'}' was modified in place after the "
+            "layer used it; make that operation out of place (e.g. inplace=False)"
+        )
 
 
 def capture(
@@ -104,6 +104,7 @@ def capture(
         def prehook(grad_outputs):
             grad = grad_outputs[call.edge.output_nr]
             seen.add(id(call))
+            _check_unmodified(slots, call)
             on_grad(call, call.zeros() if grad is None else grad)
 
         return prehook
@@ -115,11 +116,12 @@ def capture(
     finally:
         for h in hook_handles:
             h.remove()
-    _check_unmodified(slots, calls)
     for c, g in zip(direct, grads):
+        _check_unmodified(slots, c)
         on_grad(c, c.zeros() if g is None else g)
     for c in hooked:
         if id(c) not in seen:  # output unused by the loss
+            _check_unmodified(slots, c)
             on_grad(c, c.zeros())
     return losses, calls
 

@@ -33,6 +33,7 @@ from dpscope.clipping.registry import LayerSlot, layer_slots
 from dpscope.clipping.result import ClipResult
 from dpscope.clipping.rules._common import flat_sq_norm, weighted_example_sum
 from dpscope.clipping.strategies import auto, bookkeeping, crb, ghost, materialize, naive, vmap
+from dpscope.clipping.strategies.budget import MaxExtraBytes
 from dpscope.clipping.strategies.layerwise import run_layerwise
 from dpscope.clipping.strategies.plans import LayerPlan, PlanFn
 from dpscope.errors import ConfigError
@@ -71,13 +72,21 @@ class ClippingEngine:
     {layer type: per-layer strategy name} (unlisted types use "auto"). Creating an engine
     calls `memory.keep_freed_memory()`, so each step reuses the previous step's buffers
     instead of faulting fresh pages in.
+
+    `max_extra_bytes` is auto's memory budget: how far the step's estimated peak may exceed the
+    activations that non-private training holds; over it, auto moves the materialised layers that
+    free the most to the book-keeping path (see strategies/budget.py). "auto" (default) allows
+    budget.AUTO_HEADROOM of the activations, None turns the budget off (time alone decides), an
+    int gives the bytes. Other strategies ignore it.
     """
 
-    def __init__(self, model: nn.Module, strategy: Strategy = "auto") -> None:
+    def __init__(self, model: nn.Module, strategy: Strategy = "auto", *, max_extra_bytes: MaxExtraBytes = "auto") -> None:
         _check_strategy(strategy)
+        _check_budget(max_extra_bytes)
         keep_freed_memory()
         self.model = model
         self.strategy = strategy
+        self.max_extra_bytes = max_extra_bytes
         self._slots_key: tuple | None = None
         self._slots: list[LayerSlot] = []
         self._plan_cache: dict[tuple, dict[int, LayerPlan]] = {}  # input shape -> slot -> plan
@@ -152,8 +161,13 @@ class ClippingEngine:
         plan_fns = [self._plan_fn(s) for s in slots]
         plans = self._plan_cache.setdefault((tuple(inputs.shape), inputs.dtype, str(inputs.device), rows), {})
         keep_graph = clip is not None and any(fn is ghost.plan for fn in plan_fns)
+        budget = self.max_extra_bytes if any(fn is auto.plan for fn in plan_fns) else None
         return run_layerwise(self.model, slots, plan_fns, plans, loss_fn, inputs, targets, clip, keep_graph=keep_graph,
-                             rows_per_example=rows)
+                             rows_per_example=rows, max_extra_bytes=budget)
+
+    def layer_plans(self) -> dict[tuple, dict[str, LayerPlan]]:
+        """The cached decisions: (input shape, dtype, device, rows per example) -> layer path -> plan."""
+        return {key: {self._slots[i].path: plan for i, plan in sorted(plans.items())} for key, plans in self._plan_cache.items()}
 
     def _bn_check(self) -> None:
         """Whole-model strategies need no rules, but BatchNorm still mixes examples."""
@@ -184,6 +198,13 @@ class ClippingEngine:
             sq_parts.append(sq)
         per_param = {n: torch.cat([part[n] for part in sq_parts]) for n in params}
         return ClipResult(torch.cat(norms), per_param, torch.cat(losses)), sums
+
+
+def _check_budget(max_extra_bytes: MaxExtraBytes) -> None:
+    if max_extra_bytes is None or max_extra_bytes == "auto":
+        return
+    if isinstance(max_extra_bytes, bool) or not isinstance(max_extra_bytes, int) or max_extra_bytes < 0:
+        raise ConfigError(f"max_extra_bytes must be 'auto', None or a number of bytes >= 0, got {max_extra_bytes!r}")
 
 
 def _check_rows(rows: int, batch_rows: int) -> None:

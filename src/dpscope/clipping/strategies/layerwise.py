@@ -18,6 +18,7 @@ example; the second backward gives every row its example's weight.
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -27,6 +28,8 @@ from dpscope.clipping.clip_rules import ClipRule
 from dpscope.clipping.registry import Grads, LayerSlot
 from dpscope.clipping.result import ClipResult
 from dpscope.clipping.rules._common import flat_sq_norm, weighted_example_sum
+from dpscope.clipping.strategies import auto, bookkeeping
+from dpscope.clipping.strategies.budget import CallFootprint, MaxExtraBytes, saved_activation_bytes, within_budget
 from dpscope.clipping.strategies.plans import LayerPlan, PlanFn
 
 Sums = dict[str, torch.Tensor]
@@ -49,9 +52,11 @@ class _Pass:
     """Per-layer state of one batch, filled while the backward runs."""
 
     def __init__(self, slots: list[LayerSlot], plan_fns: list[PlanFn], plans: dict[int, LayerPlan], keep_sums: bool,
-                 rows: int = 1) -> None:
+                 rows: int = 1, budget: MaxExtraBytes = None) -> None:
         self.slots, self.plan_fns, self.plans, self.keep_sums = slots, plan_fns, plans, keep_sums
         self.rows = rows  # rows per example
+        self.budget = budget  # set only when this pass decides the plans (see _plan_within_budget)
+        self.saved_bytes = [0]  # activation bytes autograd saved, counted while deciding
         self.pending: Counter[int] = Counter()
         self.sq: dict[int, Grads] = {}
         self.stored: dict[int, Grads] = {}
@@ -66,11 +71,37 @@ class _Pass:
     def start(self, calls: list[LayerCall]) -> None:
         self.calls = Counter(c.slot for c in calls)
         self.pending = Counter(self.calls)
+        if self.budget is not None:
+            self._plan_within_budget(calls)
+
+    def _plan_within_budget(self, calls: list[LayerCall]) -> None:
+        """Decide every layer's plan before the backward, from shapes (D as a meta tensor), then
+        move auto's materialised layers to book-keeping while the memory estimate is over budget."""
+        footprints, movable, counted = [], {}, set()
+        for c in calls:
+            i, slot = c.slot, self.slots[c.slot]
+            a, d = c.inputs, torch.empty(c.out_shape, dtype=c.out_like.dtype, device="meta")
+            rows_apart = self.rows > 1 and not slot.rule.rows_as_positions
+            if self.rows > 1 and not rows_apart:
+                a, d = _rows_as_positions(a, self.rows), _rows_as_positions(d, self.rows)
+            if i not in self.plans:
+                self.plans[i] = self.plan_fns[i](slot, a, d)
+            storage = a.untyped_storage()
+            fresh = not c.is_source and storage.data_ptr() not in counted
+            counted.add(storage.data_ptr())
+            kept = d.numel() * d.element_size() + (0 if c.is_source else a.numel() * a.element_size())
+            numel = sum(getattr(slot.module, n).numel() for n in slot.param_names)
+            footprints.append(CallFootprint(i, storage.nbytes() if fresh else 0, kept, a.shape[0] * numel * a.element_size()))
+            if self.plan_fns[i] is auto.plan and self.calls[i] == 1 and not rows_apart:
+                alternative = bookkeeping.plan(slot, a, d)
+                if alternative.total == "contraction":
+                    movable[i] = alternative
+        within_budget(footprints, self.plans, movable, self.saved_bytes[0], self.budget)
 
     @torch.no_grad()
     def on_grad(self, call: LayerCall, d: torch.Tensor) -> None:
         i, slot = call.slot, self.slots[call.slot]
-        a = call.inputs
+        a, call.inputs = call.inputs, None  # A lives on only where a contraction keeps it
         if self.rows > 1 and slot.rule.rows_as_positions:
             a, d = _rows_as_positions(a, self.rows), _rows_as_positions(d, self.rows)
         plan = self.plan(i, a, d)
@@ -108,12 +139,17 @@ def run_layerwise(
     *,
     keep_graph: bool,
     rows_per_example: int = 1,
+    max_extra_bytes: MaxExtraBytes = None,
 ) -> tuple[ClipResult, Sums]:
-    """Norms (and with a clip rule, clipped sums) of one batch. `plans` caches decisions per slot."""
+    """Norms (and with a clip rule, clipped sums) of one batch. `plans` caches decisions per slot;
+    when it is empty and `max_extra_bytes` is set, auto's decisions keep to that memory budget."""
     rows = rows_per_example
-    state = _Pass(slots, plan_fns, plans, keep_sums=clip is not None, rows=rows)
+    budget = max_extra_bytes if not plans else None
+    state = _Pass(slots, plan_fns, plans, keep_sums=clip is not None, rows=rows, budget=budget)
     row_loss_fn = loss_fn if rows == 1 else (lambda outputs, y: loss_fn(outputs, y) / rows)
-    losses, calls = capture(model, slots, row_loss_fn, inputs, targets, state.on_grad, keep_graph=keep_graph, on_forward=state.start)
+    with saved_activation_bytes() if budget is not None else nullcontext([0]) as state.saved_bytes:
+        losses, calls = capture(model, slots, row_loss_fn, inputs, targets, state.on_grad, keep_graph=keep_graph,
+                                on_forward=state.start)
     batch = inputs.shape[0] // rows
     sq_norms: dict[str, torch.Tensor] = {}
     for i, slot in enumerate(slots):
@@ -139,14 +175,14 @@ def _clipped_sums(slots: list[LayerSlot], state: _Pass, losses: torch.Tensor, we
         for i, slot in enumerate(slots):
             local_w = {n: weights[slot.full_name(n)] for n in slot.param_names}
             plan = state.plans.get(i)
-            if i in state.stored:
-                local = {n: weighted_example_sum(g, local_w[n]) for n, g in state.stored[i].items()}
+            if i in state.stored:  # popped: each layer's tensors are freed once its sum is taken
+                local = {n: weighted_example_sum(g, local_w[n]) for n, g in state.stored.pop(i).items()}
             elif plan is not None and plan.total == "second_backward" and uniform:
                 backward += [(slot.full_name(n), getattr(slot.module, n)) for n in slot.param_names]
                 continue
             elif i in state.kept:
                 local = {}
-                for a, d in state.kept[i]:
+                for a, d in state.kept.pop(i):
                     _add(local, slot.rule.weighted_grad_sum(slot.module, a, d, local_w), slot.param_names)
             else:  # the layer's output did not reach the loss
                 local = {n: torch.zeros_like(getattr(slot.module, n)) for n in slot.param_names}
