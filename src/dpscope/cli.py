@@ -206,7 +206,8 @@ def dynamics(
         raise ConfigError(f"--k must be at least 1, got {k}")
     written = analyze_runs(run_dirs, out, k=k, drop_first_last=drop_first_last, metric=metric)
     if not quiet:
-        rows = [(run["title"], f"k={run['clusters']['k']}") for run in written["runs"]]
+        # titles may hold "[lr=4.0, ...]": escaped, _print_written prints names as markup
+        rows = [(escape(run["title"]), f"k={run['clusters']['k']}") for run in written["runs"]]
         _print_written("dynamics", rows, [*written["tables"], *written["figures"]])
         for sentence in written["findings"]:
             typer.echo(sentence)

@@ -67,3 +67,15 @@ def test_a_bad_metric_exits_2_with_one_line(tmp_path):
 def test_the_help_says_which_form_to_prefer():
     result = CliRunner().invoke(app, ["dynamics", "--help"], terminal_width=200)
     assert "prefer it" in result.output and "rwc_mean" in result.output
+
+
+@pytest.mark.slow
+def test_run_titles_with_brackets_are_printed_as_they_are(tmp_path):
+    for name, lr in (("a", 0.5), ("b", 4.0)):
+        planted_run(tmp_path / name)
+        (tmp_path / name / "summary.json").write_text(json.dumps({"epsilon": 8.0, "lr": lr}))
+    result = CliRunner().invoke(app, ["dynamics", str(tmp_path / "a"), str(tmp_path / "b"),
+                                      "--out", str(tmp_path / "o"), "--k", "2"],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "dynamics ε=8 [lr=4.0]: k=2" in result.output
