@@ -15,8 +15,8 @@ from dpscope.models import build_model
 from dpscope.models.vit import ClassToken, PositionEmbedding
 from tests.clipping.oracle import assert_close
 
-ROWS = (1, 2, 3)
-BATCHES = (0, 1, 3)
+# (examples B, rows per example K): K 1-3 and B 0, 1, 3, without the full product (time)
+SHAPES = [(0, 2), (1, 1), (1, 3), (3, 2), (3, 3)]
 
 
 def probe_loss(out, _targets):
@@ -79,8 +79,7 @@ def randomized(layer: nn.Module) -> nn.Module:
     return layer
 
 
-@pytest.mark.parametrize("rows", ROWS)
-@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("batch, rows", SHAPES)
 @pytest.mark.parametrize("lead", [(), (2,)])
 def test_linear_on_vectors_and_sequences(batch, rows, lead):
     torch.manual_seed(0)
@@ -95,8 +94,7 @@ CONVS = [
 ]
 
 
-@pytest.mark.parametrize("rows", ROWS)
-@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("batch, rows", SHAPES)
 @pytest.mark.parametrize("make", range(len(CONVS)))
 def test_conv_stride_padding_groups(batch, rows, make):
     torch.manual_seed(1)
@@ -105,8 +103,7 @@ def test_conv_stride_padding_groups(batch, rows, make):
     check_grouped(nn.Sequential(conv), probe_loss, rows_of(batch, rows, *shape), torch.zeros(batch * rows), rows)
 
 
-@pytest.mark.parametrize("rows", ROWS)
-@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("batch, rows", SHAPES)
 @pytest.mark.parametrize("kind", ["layer", "group", "instance"])
 def test_norm_layers(batch, rows, kind):
     torch.manual_seed(2)
@@ -119,8 +116,7 @@ def test_norm_layers(batch, rows, kind):
                   torch.zeros(batch * rows), rows)
 
 
-@pytest.mark.parametrize("rows", ROWS)
-@pytest.mark.parametrize("batch", (1, 3))
+@pytest.mark.parametrize("batch, rows", [s for s in SHAPES if s[0]])
 def test_embedding_and_tokens(batch, rows):
     torch.manual_seed(3)
     model = randomized(nn.Sequential(nn.Embedding(6, 3, padding_idx=0), ClassToken(3), PositionEmbedding(4, 3),
