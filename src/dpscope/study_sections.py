@@ -62,6 +62,7 @@ _GAP_TITLES = {"accuracy_difference": "accuracy difference (all groups, max − 
                "equal_opportunity_difference": "equal-opportunity difference (TPR gap)"}
 CI_RESAMPLES = 1000
 """Bootstrap resamples for the minority-vs-rest intervals drawn in the report."""
+_DODGE = 0.06  # x offset between privacy levels, in share-tick units
 
 
 def _fairness_values(run: RunView) -> dict[str, dict[str, Any]]:
@@ -130,9 +131,11 @@ def fairness_section(study: StudyData) -> str | None:
 
         for column, metric in enumerate(plotted):
             ax = fig.add_subplot(len(settings), len(plotted), row * len(plotted) + column + 1)
-            for colour, level in zip(PALETTE, ordered):
+            for index, (colour, level) in enumerate(zip(PALETTE, ordered)):
                 entries = [[values[r.id][metric] for r in at(level, share)] for share in shares]
-                xs = list(range(len(shares)))
+                # dodge: levels side by side, so equal values keep every error bar visible
+                dodge = (index - (len(ordered) - 1) / 2) * _DODGE
+                xs = [position + dodge for position in range(len(shares))]
                 _band(ax, xs, entries, colour)
                 _line(ax, xs, [[e["value"] for e in group] for group in entries], colour, level)
             if metric == "accuracy_gap":

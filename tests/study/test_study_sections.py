@@ -68,6 +68,26 @@ def test_fairness_section_draws_minority_vs_rest_with_bootstrap_intervals(tmp_pa
     assert "equal-opportunity" not in page and "Left out, undefined in every run" in page
 
 
+@pytest.mark.slow
+def test_fairness_figure_sets_privacy_levels_side_by_side_with_bands(tmp_path):
+    runs = [_imbalance_run(share, eps, 0, 30) for share in (0.7, 0.99) for eps in (1.0, None)]
+    drawn = {}
+
+    class Capture(StudyData):
+        def figure(self, name, fig, alt):
+            drawn[name] = fig
+            return super().figure(name, fig, alt)
+
+    fairness_section(Capture(tmp_path, "s", "", "", runs))
+    minority_axes = drawn["fairness"].axes[0]
+    lines = [line for line in minority_axes.lines if line.get_marker() == "o"]  # data, not caps
+    xs = [list(line.get_xdata()) for line in lines]
+    # equal values at both levels: the lines are dodged around the share ticks 0 and 1
+    assert len(xs) == 2 and xs[0] != xs[1]
+    assert all(abs(x - round(x)) < 0.2 for line in xs for x in line)
+    assert len(minority_axes.collections) >= 2  # a CI band per level
+
+
 def test_fairness_section_is_absent_without_imbalance_runs(tmp_path):
     plain = _run("p", {"epsilon": None}, {"dataset": "toy"})
     assert fairness_section(StudyData(tmp_path, "s", "", "", [plain])) is None
