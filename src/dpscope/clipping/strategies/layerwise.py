@@ -33,6 +33,13 @@ from dpscope.clipping.strategies.budget import CallFootprint, MaxExtraBytes, sav
 from dpscope.clipping.strategies.plans import LayerPlan, PlanFn
 
 Sums = dict[str, torch.Tensor]
+Stored = list[tuple[slice, Grads]]  # materialised per-example gradients, one entry per batch slice
+
+# Materialised gradients are formed and kept a batch slice of at most this many bytes at a time.
+# Whole-layer blocks (12 MB for a ViT qkv at batch 64) fit none of the holes that the backward
+# leaves as it frees activations, so the heap grew by each of them (measured: RSS 1.7x
+# non-private on vit_tiny at batch 64 where the live bytes were 1.25x); slices fit those holes.
+STORE_SLICE_BYTES = 2**21
 
 
 def _effective(plan: LayerPlan, calls: int, rows_apart: bool) -> LayerPlan:
@@ -59,7 +66,7 @@ class _Pass:
         self.saved_bytes = [0]  # activation bytes autograd saved, counted while deciding
         self.pending: Counter[int] = Counter()
         self.sq: dict[int, Grads] = {}
-        self.stored: dict[int, Grads] = {}
+        self.stored: dict[int, Stored] = {}
         self.kept: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def plan(self, i: int, a: torch.Tensor, d: torch.Tensor) -> LayerPlan:
@@ -112,15 +119,28 @@ class _Pass:
             return
         rule = slot.rule
         fn = {"crb": rule.crb_grads, "fastest": rule.fastest_grads}.get(plan.norm) or rule.per_example_grads
-        grads = fn(slot.module, a, d)
-        if self.rows > 1 and not slot.rule.rows_as_positions:  # per-row (B*K, ...) -> per example
-            grads = {n: g.reshape(-1, self.rows, *g.shape[1:]).sum(1) for n, g in grads.items()}
-        _add(self.stored.setdefault(i, {}), grads, slot.param_names)
+        rows = self.rows if self.rows > 1 and not slot.rule.rows_as_positions else 1  # rows per example in a, d
+        numel = sum(getattr(slot.module, n).numel() for n in slot.param_names)
+        parts = self.stored.setdefault(i, [])
+        for k, sl in enumerate(_slices(a.shape[0] // rows, STORE_SLICE_BYTES // max(1, numel * a.element_size()))):
+            grads = fn(slot.module, a[sl.start * rows : sl.stop * rows], d[sl.start * rows : sl.stop * rows])
+            grads = {n: grads[n] for n in slot.param_names}  # rules may also return frozen ones
+            if rows > 1:  # per-row (b*K, ...) -> per example
+                grads = {n: g.reshape(-1, rows, *g.shape[1:]).sum(1) for n, g in grads.items()}
+            if k < len(parts):  # a shared layer's later call
+                _add(parts[k][1], grads, slot.param_names)
+            else:
+                parts.append((sl, grads))
         self.pending[i] -= 1
         if self.pending[i] == 0:
-            self.sq[i] = {n: flat_sq_norm(g) for n, g in self.stored[i].items()}
+            self.sq[i] = {n: torch.cat([flat_sq_norm(g[n]) for _, g in parts]) for n in slot.param_names}
             if not self.keep_sums:
                 del self.stored[i]
+
+
+def _slices(examples: int, per_slice: int) -> list[slice]:
+    per_slice = max(1, per_slice)
+    return [slice(start, min(start + per_slice, examples)) for start in range(0, examples, per_slice)]
 
 
 def _rows_as_positions(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -176,7 +196,9 @@ def _clipped_sums(slots: list[LayerSlot], state: _Pass, losses: torch.Tensor, we
             local_w = {n: weights[slot.full_name(n)] for n in slot.param_names}
             plan = state.plans.get(i)
             if i in state.stored:  # popped: each layer's tensors are freed once its sum is taken
-                local = {n: weighted_example_sum(g, local_w[n]) for n, g in state.stored.pop(i).items()}
+                local = {}
+                for sl, grads in state.stored.pop(i):
+                    _add(local, {n: weighted_example_sum(g, local_w[n][sl]) for n, g in grads.items()}, slot.param_names)
             elif plan is not None and plan.total == "second_backward" and uniform:
                 backward += [(slot.full_name(n), getattr(slot.module, n)) for n in slot.param_names]
                 continue
