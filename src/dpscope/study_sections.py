@@ -8,6 +8,7 @@ listed (by name, imported lazily) in dpscope.study.report.sections.
 from __future__ import annotations
 
 import html
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -44,6 +45,11 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return (f"<div class='table-wrap'><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table></div>")
+
+
+def _legend_outside(ax) -> None:
+    """Legend to the right of the axes, where it cannot hide a curve or an error bar."""
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
 
 
 def _line(ax, xs: list[float], values: list[list[Any]], colour: str, label: str, **style) -> None:
@@ -143,8 +149,8 @@ def fairness_section(study: StudyData) -> str | None:
             ax.set_xticks(range(len(shares)), [f"{s:g}" for s in shares])
             style_axes(ax, f"{setting}:\n{titles[metric]}", "majority share of training set",
                        metric.replace("_", " "))
-            if column == 0:
-                ax.legend(fontsize=8, frameon=False)
+            if row == 0 and column == len(plotted) - 1:
+                _legend_outside(ax)
         for share in shares:
             for level in ordered:
                 group = at(level, share)
@@ -236,7 +242,7 @@ def perturbation_section(study: StudyData) -> str | None:
         ax.set_xticks(ticks, [f"{e:g}" for e in ticks])
         ax.minorticks_off()
         style_axes(ax, title, "epsilon (each method's own parameter)", title)
-        ax.legend(fontsize=8, frameon=False)
+    _legend_outside(ax)
     fig.tight_layout()
     img = study.figure("perturbation", fig, "accuracy and AUC against epsilon per mechanism")
     rows = []
@@ -275,8 +281,16 @@ def _examples_block(study: StudyData, runs: list[RunView], methods: dict) -> str
     except (DpscopeError, OSError) as error:
         return f"<p>Example images left out: {html.escape(str(error))}</p>"
     img = study.figure("perturbation_examples", fig, "one training image under each mechanism")
-    return (f"<figure>{img}<figcaption>The first training image (seed 0 split) under each "
-            "mechanism at each epsilon, noise seed 0.</figcaption></figure>")
+    caption = ("The first training image (seed 0 split) under each mechanism at each epsilon, "
+               "noise seed 0.")
+    shifted = sorted({eps for name, eps, _ in specs if name == "singh2020_brightness_shift"})
+    if shifted:
+        shares = ", ".join(f"{math.exp(-eps):.0%} at ε={eps:g}" for eps in shifted)
+        caption += (" singh2020_brightness_shift adds one Laplace draw of scale 255/ε to the "
+                    "whole image and clips to [0, 255], as the authors' code did, so a draw "
+                    "beyond &plusmn;255 leaves a blank white or black image: e<sup>−ε</sup> of "
+                    f"the training images shift that far ({html.escape(shares)}).")
+    return f"<figure>{img}<figcaption>{caption}</figcaption></figure>"
 
 
 def _examples_figure(dataset: str, data_dir: Any, specs: list[tuple]) -> Figure:

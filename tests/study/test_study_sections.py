@@ -45,7 +45,6 @@ def _imbalance_run(share: float, epsilon: float | None, seed: int, minority_corr
     return _run(f"s{share}-e{epsilon}-seed{seed}", {"epsilon": epsilon, "seed": seed}, summary)
 
 
-@pytest.mark.slow
 def test_fairness_section_draws_minority_vs_rest_with_bootstrap_intervals(tmp_path):
     runs = [_imbalance_run(share, eps, seed, correct - seed)
             for share, correct in ((0.7, 40), (0.99, 20))
@@ -68,7 +67,6 @@ def test_fairness_section_draws_minority_vs_rest_with_bootstrap_intervals(tmp_pa
     assert "equal-opportunity" not in page and "Left out, undefined in every run" in page
 
 
-@pytest.mark.slow
 def test_fairness_figure_sets_privacy_levels_side_by_side_with_bands(tmp_path):
     runs = [_imbalance_run(share, eps, 0, 30) for share in (0.7, 0.99) for eps in (1.0, None)]
     drawn = {}
@@ -86,6 +84,20 @@ def test_fairness_figure_sets_privacy_levels_side_by_side_with_bands(tmp_path):
     assert len(xs) == 2 and xs[0] != xs[1]
     assert all(abs(x - round(x)) < 0.2 for line in xs for x in line)
     assert len(minority_axes.collections) >= 2  # a CI band per level
+    # one legend, outside the last panel, so it hides no curve
+    legends = [ax.get_legend() for ax in drawn["fairness"].axes]
+    assert legends[-1] is not None and all(legend is None for legend in legends[:-1])
+    assert legends[-1].get_bbox_to_anchor().x0 > drawn["fairness"].axes[-1].bbox.x1
+
+
+def test_examples_caption_says_how_many_singh2020_images_saturate(tmp_path):
+    runs = [_perturbed("singh2020_brightness_shift", eps, KIND_NONE, None) for eps in (0.25, 1.0)]
+    for run in runs:
+        run.config["dataset"] = "digits"
+    page = perturbation_section(StudyData(tmp_path, "s", "", "", runs))
+    assert (tmp_path / "figures" / "perturbation_examples.png").is_file()
+    # P(|Laplace(255 / eps)| > 255) = exp(-eps)
+    assert "(78% at ε=0.25, 37% at ε=1)" in page
 
 
 def test_fairness_section_is_absent_without_imbalance_runs(tmp_path):
