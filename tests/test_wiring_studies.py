@@ -63,6 +63,12 @@ def test_shipped_study_expands(name, runs):
     assert len({run.id for run in planned}) == runs
 
 
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_spec_loads_and_names_its_runs_uniquely(path):
+    planned = load_spec(path).runs()
+    assert planned and len({run.id for run in planned}) == len(planned)
+
+
 def test_imbalance_study_grid_is_the_papers():
     configs = [r.config for r in load_spec(STUDIES / "imbalance.toml").runs()]
     assert sorted({c.majority_share for c in configs}) == [0.7, 0.8, 0.9, 0.99, 0.999]
