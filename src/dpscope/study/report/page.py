@@ -33,7 +33,7 @@ th { background:#f9fafb; font-weight:600; color:#374151; position:sticky; top:0;
 tbody tr:nth-child(even) { background:#fbfcfd; }
 tbody tr:hover { background:#f1f5fb; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
-.pm { color:var(--muted); }
+.pm, .ci { color:var(--muted); }
 code { font:12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 pre { background:#f9fafb; border:1px solid var(--line); border-radius:6px; padding:12px;
   overflow-x:auto; font:12.5px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
