@@ -1,4 +1,5 @@
-"""auto's memory budget: exact whatever it decides, decided once per input shape, estimator by hand."""
+"""auto's memory budget (exact whatever it decides, decided once per input shape, estimator by
+hand) and the memory-saving slices (exact however small)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dpscope import clipping
+from dpscope.clipping.rules import conv
 from dpscope.clipping.strategies import layerwise
 from dpscope.clipping.strategies.budget import CallFootprint, estimated_peak, saved_activation_bytes, within_budget
 from dpscope.clipping.strategies.plans import MATERIALIZED, LayerPlan
@@ -137,3 +139,10 @@ def test_input_edited_in_place_after_the_layer_used_it_is_refused(max_extra_byte
     engine = clipping.ClippingEngine(Net(), "auto", max_extra_bytes=max_extra_bytes)
     with pytest.raises(UnsupportedLayerError, match="'first'"):
         engine.clipped_grad_sum(xent, torch.randn(3, 4), torch.tensor([0, 1, 2]), 1.0)
+
+
+def test_one_example_slices_for_unfolding_and_storing_are_exact(monkeypatch):
+    monkeypatch.setattr(conv, "UNFOLD_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(layerwise, "STORE_SLICE_BYTES", 1)
+    x, y = data()
+    check_against_references(conv_net(), xent, x, y, strategies=("materialize", "bookkeeping", "auto"))

@@ -3,6 +3,7 @@
     norms = per_example_grad_norms(model, loss_fn, inputs, targets, strategy="auto")
     norms = clipped_grad_sum(model, loss_fn, inputs, targets, max_grad_norm, strategy="auto")
     engine = ClippingEngine(model, strategy="auto")   # reuse across steps
+    engine = ClippingEngine(model, "auto", max_extra_bytes="auto")  # auto's memory budget (default)
     result = engine.clipped_grad_sum(loss_fn, inputs, targets, FlatClip(1.0), accumulate=False)
 
 `loss_fn(outputs, targets)` returns per-example losses (B,). Strategies (STRATEGIES): naive
