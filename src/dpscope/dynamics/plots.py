@@ -244,7 +244,7 @@ def noise_figure(settings: Sequence[tuple[str, np.ndarray, np.ndarray]],
     training (runs of one setting averaged). Left: both by depth (solid observed, dashed
     predicted); right: observed / predicted, where 1 means the change is the noise's.
     """
-    fig = Figure(figsize=(12, 4.4), layout="constrained")
+    fig = Figure(figsize=(12, 5.2 + 0.15 * len(settings)), layout="constrained")
     ax_rwc, ax_ratio = fig.subplots(1, 2)
     values = []
     for (label, observed, predicted), colour in zip(settings, _palette(len(settings))):
@@ -254,16 +254,17 @@ def noise_figure(settings: Sequence[tuple[str, np.ndarray, np.ndarray]],
         ax_rwc.plot(depth, noise, "x--", markersize=6, color=colour, alpha=0.8,
                     label=f"{label}: noise alone")
         with np.errstate(divide="ignore", invalid="ignore"):
-            ax_ratio.plot(depth, seen / noise, "o-", markersize=3, color=colour, label=label)
+            ax_ratio.plot(depth, seen / noise, "o-", markersize=3, color=colour)
         values += [seen, noise]
     _set_log_if_positive(ax_rwc, np.concatenate(values) if values else np.array([]))
     ax_ratio.axhline(1.0, color="#555555", linewidth=1, linestyle=":")
     ax_rwc.set_ylabel(METRIC_LABELS.get(metric, metric).removesuffix(" per interval")
                       + "\n(per interval, mean over training)")
     ax_ratio.set_ylabel("observed / noise-predicted")
+    fig.legend(*ax_rwc.get_legend_handles_labels(), loc="outside lower center", fontsize=7,
+               ncols=2)  # below the panels: with several settings it would hide the curves
     for ax in (ax_rwc, ax_ratio):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
         if layer_names is None:
             ax.set_xlabel("layer depth (0 = input side)")
             continue
