@@ -146,3 +146,18 @@ def test_one_example_slices_for_unfolding_and_storing_are_exact(monkeypatch):
     monkeypatch.setattr(layerwise, "STORE_SLICE_BYTES", 1)
     x, y = data()
     check_against_references(conv_net(), xent, x, y, strategies=("materialize", "bookkeeping", "auto"))
+
+
+def test_many_positions_move_to_materialised_norms_with_contracted_sums_exactly():
+    """On 8x8 maps a 32-channel convolution's ghost norm costs more than twice materialising,
+    so the budget keeps materialised norms (a slice at a time) and contracts the sum."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.Flatten(), nn.Linear(32 * 64, 3)
+    )
+    x, y = torch.randn(4, 32, 8, 8), torch.tensor([0, 1, 2, 0])
+    engine = clipping.ClippingEngine(model, "auto", max_extra_bytes=0)
+    engine.grad_norms(xent, x, y)
+    (plans,) = engine.layer_plans().values()
+    assert all(plans[c].total == "contraction" and plans[c].norm != "ghost" for c in ("0", "2")), plans
+    check_against_references(model, xent, x, y, strategies=("auto",), max_extra_bytes=0)

@@ -12,6 +12,18 @@ from dpscope.clipping.strategies.plans import MATERIALIZED, LayerPlan
 FASTEST = LayerPlan("fastest", "stored")
 
 
+def memory_plan(slot, a, d, materialized: LayerPlan) -> LayerPlan:
+    """The plan for a layer the memory budget moves off materialisation: sums by contraction,
+    norms by ghost, or from per-example grads formed a slice at a time and dropped (the
+    materialised path without its stored sum, at most twice its cost: cheaper than the ghost
+    norm when positions are many, e.g. WRN convolutions at 16x16)."""
+    if rule_costs := slot.rule.costs:
+        ghost_cost, materialize_cost = rule_costs(slot.module, a, d)
+        if materialized.total == "stored" and 2 * materialize_cost < ghost_cost:
+            return LayerPlan(materialized.norm, "contraction")
+    return bookkeeping.GHOST_BOOKKEEPING
+
+
 def plan(slot, a, d) -> LayerPlan:
     rule = slot.rule
     materialized = FASTEST if rule.fastest_grads is not None else MATERIALIZED

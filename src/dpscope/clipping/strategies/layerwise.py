@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import nullcontext
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -100,9 +100,8 @@ class _Pass:
             numel = sum(getattr(slot.module, n).numel() for n in slot.param_names)
             footprints.append(CallFootprint(i, storage.nbytes() if fresh else 0, kept, a.shape[0] * numel * a.element_size()))
             if self.plan_fns[i] is auto.plan and self.calls[i] == 1 and not rows_apart:
-                alternative = bookkeeping.plan(slot, a, d)
-                if alternative.total == "contraction":
-                    movable[i] = alternative
+                if bookkeeping.plan(slot, a, d).total == "contraction":
+                    movable[i] = auto.memory_plan(slot, a, d, self.plans[i])
         within_budget(footprints, self.plans, movable, self.saved_bytes[0], self.budget)
 
     @torch.no_grad()
@@ -117,16 +116,14 @@ class _Pass:
             if self.keep_sums:
                 self.kept.setdefault(i, []).append((a, d))
             return
-        rule = slot.rule
-        fn = {"crb": rule.crb_grads, "fastest": rule.fastest_grads}.get(plan.norm) or rule.per_example_grads
-        rows = self.rows if self.rows > 1 and not slot.rule.rows_as_positions else 1  # rows per example in a, d
-        numel = sum(getattr(slot.module, n).numel() for n in slot.param_names)
+        if plan.total == "contraction":  # norms from per-example grads a slice at a time (budget.py)
+            sq = [{n: flat_sq_norm(g) for n, g in grads.items()} for _, grads in self._slice_grads(slot, plan, a, d)]
+            self.sq[i] = {n: torch.cat([part[n] for part in sq]) for n in slot.param_names}
+            if self.keep_sums:
+                self.kept.setdefault(i, []).append((a, d))
+            return
         parts = self.stored.setdefault(i, [])
-        for k, sl in enumerate(_slices(a.shape[0] // rows, STORE_SLICE_BYTES // max(1, numel * a.element_size()))):
-            grads = fn(slot.module, a[sl.start * rows : sl.stop * rows], d[sl.start * rows : sl.stop * rows])
-            grads = {n: grads[n] for n in slot.param_names}  # rules may also return frozen ones
-            if rows > 1:  # per-row (b*K, ...) -> per example
-                grads = {n: g.reshape(-1, rows, *g.shape[1:]).sum(1) for n, g in grads.items()}
+        for k, (sl, grads) in enumerate(self._slice_grads(slot, plan, a, d)):
             if k < len(parts):  # a shared layer's later call
                 _add(parts[k][1], grads, slot.param_names)
             else:
@@ -136,6 +133,20 @@ class _Pass:
             self.sq[i] = {n: torch.cat([flat_sq_norm(g[n]) for _, g in parts]) for n in slot.param_names}
             if not self.keep_sums:
                 del self.stored[i]
+
+
+    def _slice_grads(self, slot: LayerSlot, plan: LayerPlan, a: torch.Tensor, d: torch.Tensor) -> Iterator[tuple[slice, Grads]]:
+        """(examples, their per-example grads) in slices of at most STORE_SLICE_BYTES."""
+        rule = slot.rule
+        fn = {"crb": rule.crb_grads, "fastest": rule.fastest_grads}.get(plan.norm) or rule.per_example_grads
+        rows = self.rows if self.rows > 1 and not rule.rows_as_positions else 1  # rows per example in a, d
+        numel = sum(getattr(slot.module, n).numel() for n in slot.param_names)
+        for sl in _slices(a.shape[0] // rows, STORE_SLICE_BYTES // max(1, numel * a.element_size())):
+            grads = fn(slot.module, a[sl.start * rows : sl.stop * rows], d[sl.start * rows : sl.stop * rows])
+            grads = {n: grads[n] for n in slot.param_names}  # rules may also return frozen ones
+            if rows > 1:  # per-row (b*K, ...) -> per example
+                grads = {n: g.reshape(-1, rows, *g.shape[1:]).sum(1) for n, g in grads.items()}
+            yield sl, grads
 
 
 def _slices(examples: int, per_slice: int) -> list[slice]:

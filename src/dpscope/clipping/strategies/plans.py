@@ -13,6 +13,7 @@ from dpscope.clipping.registry import LayerSlot
 NormMethod = Literal["ghost", "materialize", "crb", "fastest"]
 # stored: sum_i w_i g_i from the materialised per-example gradients (B*p*q, cheap);
 # contraction: the rule's weighted sum from A and w-scaled D (Bu et al. 2023's book-keeping);
+#   with a non-ghost norm the per-example grads serve the norm only (auto's memory budget);
 # second_backward: one more backward of sum_i w_i loss_i (Lee & Kifer 2021).
 SumMethod = Literal["stored", "contraction", "second_backward"]
 
