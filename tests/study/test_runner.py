@@ -50,6 +50,24 @@ def test_changed_options_for_an_existing_run_are_refused(tmp_path):
         run_study(load_spec(changed), tmp_path / "out")
 
 
+def test_runs_recorded_before_an_option_existed_still_count_as_the_same_runs(tmp_path):
+    spec = load_spec(write_spec(tmp_path, "s", TINY_NONPRIVATE))
+    first = run_study(spec, tmp_path / "out")
+    with store_of(first.study_dir) as store:  # as written by a dpscope without `track_dynamics`
+        with store._transaction() as db:
+            for row in db.execute("SELECT id, config FROM runs").fetchall():
+                config = json.loads(row["config"])
+                del config["track_dynamics"]
+                db.execute("UPDATE runs SET config = ? WHERE id = ?", (json.dumps(config), row["id"]))
+    for record in first.finished:
+        path = run_dir(first.study_dir, record) / "config.json"
+        payload = json.loads(path.read_text())
+        del payload["config"]["track_dynamics"]
+        path.write_text(json.dumps(payload))
+    again = run_study(spec, tmp_path / "out")
+    assert again.finished == [] and again.already_finished == 4
+
+
 def test_failed_runs_are_recorded_and_retried_only_when_asked(tmp_path):
     body = TINY_NONPRIVATE.replace('dataset = "digits"', 'dataset = "digits"') + \
         '[[variants]]\nname = "ok"\n[[variants]]\nname = "broken"\ndataset = "missing_file.npz"\n'

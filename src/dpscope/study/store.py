@@ -236,6 +236,20 @@ class ResultsStore:
 
 
 def _changed_options(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Options that differ; `threads` is how a run was executed, not what it is."""
+    """Options that differ; `threads` is how a run was executed, not what it is. The stored
+    options are read as a RunConfig first, so an option dpscope gained after the run was
+    recorded counts at its default rather than as a change."""
+    old = _with_current_defaults(old)
     keys = sorted((old.keys() | new.keys()) - {"threads"})
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _with_current_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    from pydantic import ValidationError
+
+    from dpscope.config import RunConfig
+
+    try:
+        return RunConfig.model_validate(stored).model_dump(mode="json")
+    except ValidationError:  # an option since removed: compare as stored, the difference shows
+        return stored

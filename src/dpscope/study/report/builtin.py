@@ -97,16 +97,6 @@ def _figure_section(study: StudyData, title: str, name: str, fig, alt: str, capt
     return f"<h2>{title}</h2>{_figure_block(study.figure(name, fig, alt), caption)}"
 
 
-def dynamics_section(study: StudyData) -> str | None:
-    """Layer dynamics from dpscope.dynamics, for the runs that recorded them."""
-    folders = [r.folder for r in study.finished if (r.folder / "dynamics.json").exists()]
-    if not folders:
-        return None
-    from dpscope.dynamics.analyze import dynamics_html
-
-    return dynamics_html(folders)
-
-
 def runs_section(study: StudyData) -> str:
     rows = [_run_row(r) for r in study.runs]
     headers = ["run", "status", "model", "target eps", "eps spent", "delta", "seed",

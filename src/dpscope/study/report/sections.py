@@ -38,7 +38,7 @@ _SECTIONS: list[Section] = [
     Section("privacy-utility", "Privacy vs utility", f"{_BUILTIN}:privacy_utility_section"),
     Section("per-class", "Per-class accuracy", f"{_BUILTIN}:per_class_section"),
     Section("training", "Training curves", f"{_BUILTIN}:training_curves_section"),
-    Section("dynamics", "Layer dynamics", f"{_BUILTIN}:dynamics_section"),
+    Section("dynamics", "Layer dynamics", "dpscope.study_sections:dynamics_section"),
     Section("fairness", "Fairness", "dpscope.study_sections:fairness_section"),
     Section("perturbation", "Input perturbation", "dpscope.study_sections:perturbation_section"),
     Section("runs", "All runs", f"{_BUILTIN}:runs_section"),
