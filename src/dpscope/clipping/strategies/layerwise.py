@@ -2,9 +2,12 @@
 
 One forward and one backward that yields output gradients only (`capture`). As each layer's
 output gradient D arrives, the layer's plan reduces it at once: to ghost norms, or to
-materialised per-example gradients (kept for the sum) and their norms; D itself is kept only
-for layers whose sum is a contraction. Then the clip rule's weights, then per layer the
-weighted sum (stored, contraction, or one shared second backward).
+materialised per-example gradients (kept for the sum, in batch slices) and their norms; the
+layer's input A and D are kept only for layers whose sum is a contraction, so activations are
+freed as the backward goes, as in non-private training. Then the clip rule's weights, then per
+layer the weighted sum (stored, contraction, or one shared second backward), each layer's
+tensors freed as its sum is taken. On the first batch of a shape with a memory budget, every
+plan is decided before the backward (see budget.py).
 
 Grouped rows (augmentation multiplicity, De et al. 2022): with `rows_per_example` K the batch
 holds B*K rows, example-major, and example i's gradient is that of the mean loss over its K
