@@ -206,8 +206,7 @@ def dynamics(
         raise ConfigError(f"--k must be at least 1, got {k}")
     written = analyze_runs(run_dirs, out, k=k, drop_first_last=drop_first_last, metric=metric)
     if not quiet:
-        # titles may hold "[lr=4.0, ...]": escaped, _print_written prints names as markup
-        rows = [(escape(run["title"]), f"k={run['clusters']['k']}") for run in written["runs"]]
+        rows = [(run["title"], f"k={run['clusters']['k']}") for run in written["runs"]]
         _print_written("dynamics", rows, [*written["tables"], *written["figures"]])
         for sentence in written["findings"]:
             typer.echo(sentence)
@@ -240,7 +239,7 @@ def _print_written(command: str, facts: list[tuple[str, str]], paths: list[str])
     from dpscope.console import console
 
     for name, value in facts:
-        console.print(f"[bold]{command}[/bold] {name}: {escape(value)}", highlight=False,
+        console.print(f"[bold]{command}[/bold] {escape(name)}: {escape(value)}", highlight=False,
                       soft_wrap=True)
     for path in paths:
         console.print(f"[bold]{command}[/bold] wrote {escape(path)}", highlight=False,
