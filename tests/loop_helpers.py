@@ -1,6 +1,10 @@
 """Shared helpers for tests of the training loop."""
 
+import pytest
+
 from dpscope.callbacks import Callback
+from dpscope.config import make_run_config
+from dpscope.train import resume, train
 
 
 class CrashAtEpoch(Callback):
@@ -14,3 +18,11 @@ class CrashAtEpoch(Callback):
     def on_step_end(self, state, report) -> None:
         if report.epoch == self.epoch and report.step % 5 == 0:
             raise KeyboardInterrupt
+
+
+def whole_and_resumed(options: dict, tmp_path) -> tuple[dict, dict]:
+    """Summaries of one uninterrupted run and of the same run killed in epoch 1 and resumed."""
+    whole = train(make_run_config(**options), run_dir=tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        train(make_run_config(**options), run_dir=tmp_path / "cut", callbacks=[CrashAtEpoch(1)])
+    return whole, resume(tmp_path / "cut")

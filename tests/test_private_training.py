@@ -8,8 +8,8 @@ from dpscope.config import make_run_config
 from dpscope.errors import PrivacyError
 from dpscope.io import read_jsonl
 from dpscope.privacy import PrivacyLedger, epsilon_spent
-from dpscope.train import resume, train
-from loop_helpers import CrashAtEpoch
+from dpscope.train import train
+from loop_helpers import whole_and_resumed
 
 PRIVATE = dict(dataset="digits", model="mlp", epochs=3, batch_size=128, lr=0.5, momentum=0.0,
                threads=1, epsilon=3.0, max_grad_norm=1.0)
@@ -31,10 +31,7 @@ def test_reported_epsilon_is_the_accountants_for_the_steps_taken(tmp_path):
 
 
 def test_private_resume_reproduces_uninterrupted_run(tmp_path):
-    whole = train(make_run_config(**PRIVATE), run_dir=tmp_path / "whole")
-    with pytest.raises(KeyboardInterrupt):
-        train(make_run_config(**PRIVATE), run_dir=tmp_path / "cut", callbacks=[CrashAtEpoch(1)])
-    resumed = resume(tmp_path / "cut")
+    whole, resumed = whole_and_resumed(PRIVATE, tmp_path)
     for key in ("epsilon", "test_accuracy", "test_loss", "privacy_steps", "per_class_accuracy"):
         assert resumed[key] == whole[key], key
 

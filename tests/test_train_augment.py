@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from dpscope.cli import app
 from dpscope.config import make_run_config
 from dpscope.errors import ConfigError
-from dpscope.train import resume, train
-from loop_helpers import CrashAtEpoch
+from dpscope.train import train
+from loop_helpers import whole_and_resumed
 
 PRIVATE = dict(dataset="digits", model="mlp", epochs=2, batch_size=256, lr=0.5, momentum=0.0,
                threads=1, epsilon=2.0, max_grad_norm=1.0)
@@ -32,10 +32,7 @@ def test_multiplicity_leaves_the_accounting_unchanged_and_says_so(tmp_path):
 
 @pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_augmented_run(tmp_path):
-    whole = train(make_run_config(**AUGMENTED), run_dir=tmp_path / "whole")
-    with pytest.raises(KeyboardInterrupt):
-        train(make_run_config(**AUGMENTED), run_dir=tmp_path / "cut", callbacks=[CrashAtEpoch(1)])
-    resumed = resume(tmp_path / "cut")
+    whole, resumed = whole_and_resumed(AUGMENTED, tmp_path)
     for key in ("epsilon", "test_accuracy", "test_loss", "privacy_steps", "per_class_accuracy"):
         assert resumed[key] == whole[key], key
 
