@@ -65,12 +65,11 @@ class ClippedSumGradient:
         self.augmenter = augmenter  # dpscope.data.augment.BatchAugmenter or None
 
     def _chunk(self, inputs: torch.Tensor, targets: torch.Tensor) -> clipping.ClipResult:
-        if self.augmenter is None:
-            return self.engine.clipped_grad_sum(per_example_cross_entropy, inputs, targets,
-                                                self.clip_rule, accumulate=True)
-        rows, row_targets = self.augmenter(inputs, targets)
-        return self.engine.clipped_grad_sum(per_example_cross_entropy, rows, row_targets, self.clip_rule,
-                                            accumulate=True, rows_per_example=self.augmenter.multiplicity)
+        copies = 1 if self.augmenter is None else self.augmenter.multiplicity
+        if self.augmenter is not None:
+            inputs, targets = self.augmenter(inputs, targets)
+        return self.engine.clipped_grad_sum(per_example_cross_entropy, inputs, targets, self.clip_rule,
+                                            accumulate=True, rows_per_example=copies)
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> GradientResult:
         self.model.zero_grad(set_to_none=True)

@@ -62,6 +62,11 @@ class LayerSlot:
     def full_name(self, local: str) -> str:
         return f"{self.path}.{local}" if self.path else local
 
+    @property
+    def trainable_numel(self) -> int:
+        """Entries of one example's gradient for this layer (what materialising costs per example)."""
+        return sum(getattr(self.module, n).numel() for n in self.param_names)
+
 
 def _default_rules() -> dict[type[nn.Module], LayerRule]:
     from dpscope.clipping.rules import conv, embedding, linear, norms, tokens

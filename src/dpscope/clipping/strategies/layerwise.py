@@ -100,8 +100,8 @@ class _Pass:
             fresh = not c.is_source and storage.data_ptr() not in counted
             counted.add(storage.data_ptr())
             kept = d.numel() * d.element_size() + (0 if c.is_source else a.numel() * a.element_size())
-            numel = sum(getattr(slot.module, n).numel() for n in slot.param_names)
-            footprints.append(CallFootprint(i, storage.nbytes() if fresh else 0, kept, a.shape[0] * numel * a.element_size()))
+            footprints.append(CallFootprint(i, storage.nbytes() if fresh else 0, kept,
+                                            a.shape[0] * slot.trainable_numel * a.element_size()))
             if self.plan_fns[i] is auto.plan and self.calls[i] == 1 and not rows_apart:
                 if bookkeeping.plan(slot, a, d).total == "contraction":
                     movable[i] = auto.memory_plan(slot, a, d, self.plans[i])
@@ -137,14 +137,12 @@ class _Pass:
             if not self.keep_sums:
                 del self.stored[i]
 
-
     def _slice_grads(self, slot: LayerSlot, plan: LayerPlan, a: torch.Tensor, d: torch.Tensor) -> Iterator[tuple[slice, Grads]]:
         """(examples, their per-example grads) in slices of at most STORE_SLICE_BYTES."""
         rule = slot.rule
         fn = {"crb": rule.crb_grads, "fastest": rule.fastest_grads}.get(plan.norm) or rule.per_example_grads
         rows = self.rows if self.rows > 1 and not rule.rows_as_positions else 1  # rows per example in a, d
-        numel = sum(getattr(slot.module, n).numel() for n in slot.param_names)
-        for sl in _slices(a.shape[0] // rows, STORE_SLICE_BYTES // max(1, numel * a.element_size())):
+        for sl in _slices(a.shape[0] // rows, STORE_SLICE_BYTES // max(1, slot.trainable_numel * a.element_size())):
             grads = fn(slot.module, a[sl.start * rows : sl.stop * rows], d[sl.start * rows : sl.stop * rows])
             grads = {n: grads[n] for n in slot.param_names}  # rules may also return frozen ones
             if rows > 1:  # per-row (b*K, ...) -> per example
