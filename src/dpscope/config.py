@@ -46,6 +46,10 @@ class RunConfig(BaseModel):
     augment_multiplicity: int = Field(
         1, ge=1, description="augmented copies per example; a private example's gradient is the mean "
         "over its copies before clipping (De et al. 2022), so the guarantee is unchanged")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="evaluate and report an exponential moving average of the "
+        "weights with this decay (e.g. 0.95: about the last 20 steps) instead of the last iterate; "
+        "post-processing, no privacy cost")
     # privacy (off unless epsilon or noise_multiplier is given)
     epsilon: float | None = Field(None, description="target epsilon for the whole run")
     delta: float | None = Field(None, description="target delta; default min(1e-5, 1/(10 N))")

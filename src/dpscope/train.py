@@ -20,6 +20,7 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
+from dpscope.averaging import WeightAverage
 from dpscope.callbacks import Callback, LoopState, StepReport
 from dpscope.config import RunConfig
 from dpscope.data import Dataset, load_dataset
@@ -65,6 +66,11 @@ class TrainingParts:
     privacy: Any = None  # dpscope.private.PrivateTraining
     callbacks: list[Callback] = field(default_factory=list)
     augmenter: BatchAugmenter | None = None  # its generator state goes into the checkpoint
+    weight_average: WeightAverage | None = None  # evaluated instead of the last iterate
+
+    def evaluated_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The weights a run evaluates and reports: the EMA when configured, else `model`."""
+        return model if self.weight_average is None else self.weight_average.module
 
 
 AUGMENT_SEED_OFFSET = 104729  # augmentations draw from their own seeded stream
@@ -133,6 +139,8 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
     model = build_model(config.model, in_channels=dataset.in_channels,
                         image_size=dataset.image_size, num_classes=dataset.num_classes)
     parts = build_training_parts(config, dataset, model)
+    if config.ema_decay is not None:
+        parts.weight_average = WeightAverage(model, config.ema_decay)
     all_callbacks = [*parts.callbacks, *_builtin_callbacks(config), *callbacks]
     state = LoopState(model=model, optimizer=parts.optimizer, run_dir=folder.path, config=config)
     seconds_before = 0.0
@@ -149,7 +157,8 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
     stopped_early = None
     while state.epoch < config.epochs and stopped_early is None:
         record = _train_one_epoch(state, parts, dataset, all_callbacks, reporter)
-        record.update(_prefixed("val", _evaluate(model, dataset, dataset.val)))
+        record.update(_prefixed("val", _evaluate(parts.evaluated_model(model), dataset,
+                                                 dataset.val)))
         if parts.privacy is not None:
             record.update(parts.privacy.epoch_record())
             if state.epoch < config.epochs:
@@ -182,6 +191,8 @@ def _train_one_epoch(state: LoopState, parts: TrainingParts, dataset: Dataset,
         inputs, targets = dataset.batch(dataset.train, indices)
         result = parts.gradient_step(inputs, targets)
         parts.optimizer.step()
+        if parts.weight_average is not None:
+            parts.weight_average.update(model)
         state.step += 1
         steps += 1
         loss_sum += result.loss_sum
@@ -237,6 +248,8 @@ def _describe(config: RunConfig, prepared: PreparedData, parts: TrainingParts) -
         text += ", non-private"
     if parts.augmenter is not None:
         text += "\n" + parts.augmenter.describe()
+    if parts.weight_average is not None:
+        text += "\n" + parts.weight_average.describe()
     if "imbalance" in prepared.records:
         record = prepared.records["imbalance"]
         text += (f"\nimbalance: {record['minority_group']} is "
@@ -259,6 +272,8 @@ def _checkpoint(folder: RunFolder, state: LoopState, parts: TrainingParts,
         "torch_rng": torch.get_rng_state(),
         "privacy": parts.privacy.state_dict() if parts.privacy is not None else None,
         "augment": parts.augmenter.state_dict() if parts.augmenter is not None else None,
+        "weight_average": (parts.weight_average.state_dict()
+                           if parts.weight_average is not None else None),
         "callbacks": {f"{i}:{c.name}": c.state_dict() for i, c in enumerate(callbacks)},
     })
     if parts.privacy is not None:
@@ -277,6 +292,8 @@ def _restore(folder: RunFolder, state: LoopState, parts: TrainingParts,
         parts.privacy.load_state_dict(checkpoint["privacy"])
     if parts.augmenter is not None:
         parts.augmenter.load_state_dict(checkpoint["augment"])
+    if parts.weight_average is not None:
+        parts.weight_average.load_state_dict(checkpoint["weight_average"])
     for i, callback in enumerate(callbacks):
         callback.load_state_dict(checkpoint["callbacks"].get(f"{i}:{callback.name}", {}))
     return float(checkpoint["seconds"])
@@ -292,7 +309,8 @@ def _summary(config: RunConfig, prepared: PreparedData, model: torch.nn.Module,
              parts: TrainingParts, state: LoopState, seconds: float,
              stopped_early: str | None) -> dict[str, Any]:
     dataset = prepared.dataset
-    logits = predict(model, dataset.normalize(dataset.test.images))
+    test_images = dataset.normalize(dataset.test.images)
+    logits = predict(parts.evaluated_model(model), test_images)
     test = classification_metrics(logits, dataset.test.labels, dataset.num_classes)
     summary: dict[str, Any] = {
         "dataset": dataset.name,
@@ -314,7 +332,15 @@ def _summary(config: RunConfig, prepared: PreparedData, model: torch.nn.Module,
         "stopped_early": stopped_early,
         "augment": config.augment,
         "augment_multiplicity": config.augment_multiplicity,
+        "evaluated_weights": "last iterate",
     }
+    if parts.weight_average is not None:
+        last = classification_metrics(predict(model, test_images), dataset.test.labels,
+                                      dataset.num_classes)
+        summary.update(evaluated_weights=f"ema (decay {config.ema_decay:g})",
+                       ema_decay=config.ema_decay,
+                       test_accuracy_last_iterate=last["accuracy"],
+                       test_auc_last_iterate=last["auc"])
     if parts.privacy is not None:
         summary.update(parts.privacy.summary())
     summary.update(prepared.records)
