@@ -88,6 +88,21 @@ def test_segments_compose_like_direct_composed_event():
         assert ours == pytest.approx(_direct(direct, 1e-5, accountant), rel=1e-12)
 
 
+@settings(max_examples=5, deadline=None)
+@given(segments=st.lists(st.tuples(st.floats(1e-3, 1.0), st.floats(0.5, 5.0), st.integers(0, 500)),
+                         min_size=1, max_size=3),
+       accountant=st.sampled_from(["pld", "rdp"]))
+def test_segments_fast_path_equals_direct_dp_accounting(segments, accountant):
+    """The per-epoch path (cached one-step PLDs) answers what the accountant answers, twice."""
+    executed = [_dpsgd(*s) for s in segments if s[2] > 0]  # zero steps release nothing
+    direct = _direct(dp_accounting.ComposedDpEvent(executed), 1e-5, accountant) if executed else 0.0
+    for _ in range(2):  # the second call reuses the cached PLDs
+        assert privacy.epsilon_for_segments(segments, 1e-5, accountant) == pytest.approx(
+            direct, rel=1e-12)
+    assert privacy.epsilon_for_segments([(0.1, 0.0, 3), *segments], 1e-5, accountant) == math.inf
+    assert privacy.epsilon_for_segments([(0.1, 1.0, 0)], 1e-5, accountant) == 0.0
+
+
 def test_zero_steps_spend_nothing_and_zero_noise_spends_everything():
     assert privacy.epsilon_spent(1.0, 0.01, 0, 1e-5) == 0.0
     assert privacy.epsilon_spent(0.0, 0.01, 10, 1e-5) == math.inf

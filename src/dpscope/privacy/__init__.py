@@ -12,6 +12,7 @@ from dpscope.privacy.accounting import (
     delta_spent,
     dp_sgd_event,
     epsilon_for_event,
+    epsilon_for_segments,
     epsilon_spent,
     make_accountant,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "delta_spent",
     "dp_sgd_event",
     "epsilon_for_event",
+    "epsilon_for_segments",
     "epsilon_spent",
     "equal_per_layer_split",
     "make_accountant",

@@ -22,11 +22,12 @@ Accountants (`Accountant`):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable, Literal
 
 import dp_accounting
-from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.pld import pld_privacy_accountant, privacy_loss_distribution
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from dpscope.errors import PrivacyError
@@ -85,6 +86,44 @@ def epsilon_for_event(event: dp_accounting.DpEvent, delta: float, accountant: Ac
     return float(max(0.0, acc.get_epsilon(delta)))
 
 
+def epsilon_for_segments(segments: Iterable[Segment], delta: float,
+                         accountant: Accountant = "pld") -> float:
+    """Epsilon of DP-SGD segments: `epsilon_for_event(dp_sgd_event(segments), ...)`, faster.
+
+    A run asks for its epsilon every epoch; building the one-step privacy loss distribution is
+    what costs (~0.1 s), composing it is cheap. So for "pld" the one-step PLD of each (q, sigma)
+    is built once and composed the way dp_accounting's PLDAccountant composes it (identity, then
+    each segment's self-composition), which gives the accountant's answer exactly.
+    """
+    segments = [(float(q), float(sigma), int(steps)) for q, sigma, steps in segments]
+    if accountant != "pld":
+        return epsilon_for_event(dp_sgd_event(segments), delta, accountant)
+    check_delta(delta)
+    for segment in segments:
+        _check_step(*segment)
+    segments = [segment for segment in segments if segment[2] > 0]
+    if not segments:
+        return 0.0
+    if any(sigma == 0 for _, sigma, _ in segments):
+        return math.inf  # a noiseless release, as the accountant says
+    pld = privacy_loss_distribution.identity(
+        value_discretization_interval=PLD_VALUE_DISCRETIZATION_INTERVAL)
+    for sample_rate, noise_multiplier, steps in segments:
+        pld = pld.compose(_one_step_pld(sample_rate, noise_multiplier).self_compose(steps))
+    return float(max(0.0, pld.get_epsilon_for_delta(delta)))
+
+
+@functools.lru_cache(maxsize=64)
+def _one_step_pld(sample_rate: float, noise_multiplier: float
+                  ) -> privacy_loss_distribution.PrivacyLossDistribution:
+    """The PLD of one Poisson-subsampled Gaussian step, as PLDAccountant builds it."""
+    return privacy_loss_distribution.from_gaussian_mechanism(
+        standard_deviation=noise_multiplier,
+        value_discretization_interval=PLD_VALUE_DISCRETIZATION_INTERVAL,
+        sampling_prob=sample_rate,
+        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
+
+
 def delta_for_event(event: dp_accounting.DpEvent, epsilon: float, accountant: Accountant = "pld") -> float:
     """Smallest delta at which `event` is `epsilon`-DP according to the accountant."""
     if not epsilon >= 0:
@@ -103,7 +142,7 @@ def epsilon_spent(
 
     0 for steps == 0; inf for noise_multiplier == 0 (the sum is released without noise).
     """
-    return epsilon_for_event(dp_sgd_event([(sample_rate, noise_multiplier, steps)]), delta, accountant)
+    return epsilon_for_segments([(sample_rate, noise_multiplier, steps)], delta, accountant)
 
 
 def delta_spent(

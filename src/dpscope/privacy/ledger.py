@@ -14,7 +14,8 @@ from typing import Any
 import dp_accounting
 
 from dpscope.errors import PrivacyError
-from dpscope.privacy.accounting import Accountant, Segment, _check_step, dp_sgd_event, epsilon_for_event
+from dpscope.privacy.accounting import (Accountant, Segment, _check_step, dp_sgd_event,
+                                        epsilon_for_segments)
 
 _FORMAT = "dpscope.privacy_ledger/1"
 
@@ -50,7 +51,7 @@ class PrivacyLedger:
 
     def epsilon(self, delta: float, accountant: Accountant = "pld") -> float:
         """Epsilon spent so far at `delta`."""
-        return epsilon_for_event(self.dp_event(), delta, accountant)
+        return epsilon_for_segments(self.segments, delta, accountant)
 
     def to_dict(self) -> dict[str, Any]:
         return {
