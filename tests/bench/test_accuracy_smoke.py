@@ -114,3 +114,18 @@ def test_digits_one_epoch_writes_record_and_reuses_finished_runs(tmp_path) -> No
         assert math.isclose(first["seconds"], second["seconds"])
         assert first["test_accuracy"] == second["test_accuracy"]
     assert len(aggregate(again["rows"])) == len(variants) and format_table(aggregate(again["rows"]))
+
+
+@pytest.mark.slow
+def test_ema_recipe_reaches_dpscope_and_opacus_runs_and_the_table(tmp_path) -> None:
+    recipe = Recipe(**{**asdict(TINY), "ema_decay": 0.9})
+    specs = plan_grid(["digits"], ["cnn"], [8.0], [0], ["dpscope", "opacus"],
+                      private_changes=asdict(recipe))
+    assert all(s.name.endswith("-ema0.9-seed0") for s in specs)
+    lines: list[str] = []
+    record = run_accuracy_benchmark(specs, tmp_path / "out", echo=lines.append)
+    summary = json.loads((tmp_path / "out" / "runs" / specs[0].name / "summary.json").read_text())
+    assert summary["evaluated_weights"] == "ema (decay 0.9)"
+    assert [r["variant"] for r in record["rows"]] == ["dpscope"] + (["opacus"] if HAVE_OPACUS else [])
+    assert all(r["recipe"]["ema_decay"] == 0.9 for r in record["rows"])
+    assert "ema0.9" in next(line for line in lines if line.startswith("dataset"))

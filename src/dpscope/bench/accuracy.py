@@ -59,6 +59,7 @@ class Recipe:
     max_grad_norm: float = 1.0  # per-example clipping bound C (private runs only)
     augment: str | None = None  # "crop" or "crop,flip" (dpscope.data.augment)
     augment_multiplicity: int = 1  # augmented copies per example
+    ema_decay: float | None = None  # evaluate an EMA of the weights (dpscope.averaging)
 
 
 # Chosen on the validation split with the cnn, per (dataset, target epsilon), and used for every
@@ -163,8 +164,9 @@ class RunSpec:
         privacy = ("" if self.epsilon is None
                    else f"-eps{self.epsilon:g}-{self.accountant}-C{r.max_grad_norm:g}")
         augment = "" if r.augment is None else f"-{r.augment.replace(',', '+').replace(':', '')}K{r.augment_multiplicity}"
+        ema = "" if r.ema_decay is None else f"-ema{r.ema_decay:g}"
         return (f"{self.dataset}-{self.model}-{self.variant}{privacy}-b{r.batch_size}-lr{r.lr:g}"
-                f"-m{r.momentum:g}-ep{r.epochs}{augment}-seed{self.seed}")
+                f"-m{r.momentum:g}-ep{r.epochs}{augment}{ema}-seed{self.seed}")
 
 
 def plan_grid(datasets: Sequence[str], models: Sequence[str], epsilons: Sequence[float],
@@ -248,7 +250,7 @@ def _train_dpscope(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
                              batch_size=r.batch_size, lr=r.lr, momentum=r.momentum,
                              optimizer="sgd", seed=spec.seed, threads=spec.threads,
                              augment=r.augment, augment_multiplicity=r.augment_multiplicity,
-                             **privacy)
+                             ema_decay=r.ema_decay, **privacy)
     return train(config, run_dir=run_dir)
 
 
@@ -270,6 +272,7 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     from torch.nn import functional as F
     from torch.utils.data import DataLoader, TensorDataset
 
+    from dpscope.averaging import WeightAverage
     from dpscope.data import load_dataset
     from dpscope.metrics import classification_metrics, predict
     from dpscope.models import build_model
@@ -290,9 +293,14 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         module=model, optimizer=torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum),
         data_loader=loader, target_epsilon=spec.epsilon, target_delta=spec.delta, epochs=r.epochs,
         max_grad_norm=r.max_grad_norm, poisson_sampling=True)
+    # the same EMA as dpscope's runs, kept on a clean copy of the model (no Opacus hooks)
+    average = None if r.ema_decay is None else WeightAverage(
+        build_model(spec.model, in_channels=dataset.in_channels, image_size=dataset.image_size,
+                    num_classes=dataset.num_classes), r.ema_decay)
 
     def evaluate(split) -> dict[str, Any]:
-        logits = predict(model, dataset.normalize(split.images))
+        evaluated = model if average is None else average.module
+        logits = predict(evaluated, dataset.normalize(split.images))
         return classification_metrics(logits, split.labels, dataset.num_classes)
 
     started, steps = time.perf_counter(), 0
@@ -303,6 +311,8 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
                 F.cross_entropy(model(inputs), targets).backward()
                 optimizer.step()
+                if average is not None:
+                    average.update(model._module)
                 steps += 1
             val = evaluate(dataset.val)
             record = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_auc": val["auc"],
@@ -422,6 +432,8 @@ def format_table(groups: Sequence[dict[str, Any]]) -> str:
             recipe += f" C{r['max_grad_norm']:g} {g['accountant']}"
         if r.get("augment"):
             recipe += f" {r['augment']} K{r['augment_multiplicity']}"
+        if r.get("ema_decay"):
+            recipe += f" ema{r['ema_decay']:g}"
         eps = "-" if g["target_epsilon"] is None else f"{g['target_epsilon']:g}"
         sigma = g["noise_multiplier"]["mean"]
         lines.append(
@@ -542,7 +554,7 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
                      accountant: str = "pld", batch_size: int | None = None,
                      lr: float | None = None, momentum: float | None = None,
                      max_grad_norm: float | None = None, epochs: int | None = None,
-                     threads: int = 1, jobs: int = 1, json_path: Path | None = None,
+                     ema_decay: float | None = None, threads: int = 1, jobs: int = 1, json_path: Path | None = None,
                      echo: Callable[[str], None] = print) -> dict[str, Any]:
     """The benchmark as `benchmarks/accuracy.py` and `dpscope bench accuracy` run it: the tuned
     recipes with the given overrides (epochs applies to private and non-private runs alike)."""
@@ -550,8 +562,10 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
         raise ConfigError(f"accountant must be pld or rdp, got {accountant!r}")
     if jobs < 1 or threads < 1:
         raise ConfigError(f"jobs and threads must be at least 1, got {jobs} and {threads}")
+    if ema_decay is not None and not 0 < ema_decay < 1:
+        raise ConfigError(f"ema_decay must be in (0, 1), got {ema_decay}")
     changes = dict(batch_size=batch_size, lr=lr, momentum=momentum, max_grad_norm=max_grad_norm,
-                   epochs=epochs)
+                   epochs=epochs, ema_decay=ema_decay)
     specs = plan_grid(datasets, models, epsilons, seeds, variants, accountant=accountant,
                       threads=threads, private_changes=changes,
                       nonprivate_changes=dict(epochs=epochs))
