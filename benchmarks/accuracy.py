@@ -36,7 +36,7 @@ def main() -> None:
     group.add_argument("--momentum", type=float)
     group.add_argument("--max-grad-norm", type=float, help="clipping bound C")
     group.add_argument("--epochs", type=int, help="epochs of private AND non-private runs")
-    group.add_argument("--ema-decay", type=float, help="evaluate an EMA of the weights (private runs, Opacus too)")
+    group.add_argument("--ema-decay", type=float, help="evaluate an EMA of the weights (private runs, Opacus too; 0: the last iterate)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (separate processes)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))

@@ -87,7 +87,7 @@ def bench_accuracy(
     momentum: Annotated[Optional[float], typer.Option(help="override the tuned private momentum")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option(help="override the clipping bound C")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="epochs of private and non-private runs")] = None,
-    ema_decay: Annotated[Optional[float], typer.Option(help="override: evaluate an EMA of the weights with this decay (private runs, Opacus too)")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option(help="override: evaluate an EMA of the weights with this decay (private runs, Opacus too; 0: the last iterate)")] = None,
     threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
     jobs: Annotated[int, typer.Option(help="runs at a time (separate processes)")] = 1,
     out: Annotated[Path, typer.Option(help="runs go to OUT/runs (finished ones are reused)")] = Path("bench-out/accuracy"),

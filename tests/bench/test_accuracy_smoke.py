@@ -129,3 +129,18 @@ def test_ema_recipe_reaches_dpscope_and_opacus_runs_and_the_table(tmp_path) -> N
     assert [r["variant"] for r in record["rows"]] == ["dpscope"] + (["opacus"] if HAVE_OPACUS else [])
     assert all(r["recipe"]["ema_decay"] == 0.9 for r in record["rows"])
     assert "ema0.9" in next(line for line in lines if line.startswith("dataset"))
+
+
+def test_a_models_own_recipe_replaces_the_datasets_and_ema_zero_turns_it_off() -> None:
+    from dpscope.bench.accuracy import MODEL_PRIVATE_RECIPES
+
+    own = MODEL_PRIVATE_RECIPES[("pneumoniamnist", "resnet20", 8.0)]
+    by_model = {s.model: s for s in plan_grid(["pneumoniamnist"], ["cnn", "resnet20"], [8.0], [0],
+                                              ["dpscope"])}
+    assert by_model["resnet20"].recipe == own
+    assert by_model["cnn"].recipe == PRIVATE_RECIPES[("pneumoniamnist", 8.0)]
+    assert private_recipe("pneumoniamnist", 2.5, "resnet20") == MODEL_PRIVATE_RECIPES[
+        ("pneumoniamnist", "resnet20", 3.0)]
+    off = plan_grid(["pneumoniamnist"], ["resnet20"], [8.0], [0], ["dpscope"],
+                    private_changes={"ema_decay": 0.0})[0]
+    assert off.recipe.ema_decay == 0.0 and "-ema" not in off.name
