@@ -109,3 +109,11 @@ def test_cli_bad_ema_decay_gives_one_line_and_exit_2(tmp_path, value):
     assert result.exit_code == 2, result.output
     assert "ema_decay" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_final_line_names_the_evaluated_weights(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--model", "mlp", "--epochs", "1", "--threads", "1",
+                                      "--ema-decay", "0.9", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "EMA of the iterates, decay 0.9" in result.output
+    assert "last iterate" in " ".join(result.output.split())

@@ -77,6 +77,9 @@ class RichReporter:
             line += f"  auc {_fmt(summary['test_auc'])}"
         if summary.get("epsilon") is not None:
             line += f"  epsilon {_fmt(summary['epsilon'], 3)} (delta {summary['delta']:.1e})"
+        if summary.get("test_accuracy_last_iterate") is not None:
+            line += (f"  ({summary['evaluated_weights']}; last iterate "
+                     f"{_fmt(summary['test_accuracy_last_iterate'])})")
         line += f"  {summary['seconds']:.1f} s  peak {summary['peak_memory_mb']:.0f} MB"
         if summary.get("stopped_early"):
             console.print(f"[yellow]stopped early:[/yellow] {summary['stopped_early']}")
