@@ -101,6 +101,8 @@ def test_segments_fast_path_equals_direct_dp_accounting(segments, accountant):
             direct, rel=1e-12)
     assert privacy.epsilon_for_segments([(0.1, 0.0, 3), *segments], 1e-5, accountant) == math.inf
     assert privacy.epsilon_for_segments([(0.1, 1.0, 0)], 1e-5, accountant) == 0.0
+    with pytest.raises(PrivacyError, match="whole number"):
+        privacy.epsilon_for_segments([(0.1, 1.0, 2.5)], 1e-5, accountant)
 
 
 def test_zero_steps_spend_nothing_and_zero_noise_spends_everything():

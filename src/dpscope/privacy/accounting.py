@@ -95,13 +95,13 @@ def epsilon_for_segments(segments: Iterable[Segment], delta: float,
     is built once and composed the way dp_accounting's PLDAccountant composes it (identity, then
     each segment's self-composition), which gives the accountant's answer exactly.
     """
-    segments = [(float(q), float(sigma), int(steps)) for q, sigma, steps in segments]
+    segments = list(segments)
     if accountant != "pld":
         return epsilon_for_event(dp_sgd_event(segments), delta, accountant)
     check_delta(delta)
     for segment in segments:
         _check_step(*segment)
-    segments = [segment for segment in segments if segment[2] > 0]
+    segments = [(float(q), float(sigma), int(steps)) for q, sigma, steps in segments if steps > 0]
     if not segments:
         return 0.0
     if any(sigma == 0 for _, sigma, _ in segments):
