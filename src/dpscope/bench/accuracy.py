@@ -63,7 +63,8 @@ class Recipe:
 
 
 # Chosen on the validation split with the cnn, per (dataset, target epsilon), and used for every
-# model (resnet20/resnet18 are not tuned); what was tried is in TUNING.
+# model without its own recipe in MODEL_PRIVATE_RECIPES (resnet18 is not tuned); what was tried
+# is in TUNING.
 # PneumoniaMNIST has N = 4708 training images = 11 * 428, so an expected batch of 428 gives
 # q = 1/11 and 11 steps per epoch for dpscope AND Opacus (which derives q = 1 / len(DataLoader)):
 # the same sampler exactly.
