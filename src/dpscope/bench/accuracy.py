@@ -76,14 +76,14 @@ PRIVATE_RECIPES: dict[tuple[str, float], Recipe] = {
 }
 # A model's own recipe where one was tuned for it, (dataset, model, target epsilon); it replaces the
 # dataset's recipe above for that model at every epsilon (the closest tuned epsilon is used).
-# resnet20: chosen on the validation split at eps 8 (see TUNING); eps 3 and 1 follow the cnn's
-# lr ratios (lr halves, then quarters) and are not tuned.
+# resnet20: chosen on the validation split at eps 8 (see TUNING); eps 3 follows the cnn's lr
+# ratio and is not tuned; at eps 1 no recipe tried trains it (see TUNING).
 MODEL_PRIVATE_RECIPES: dict[tuple[str, str, float], Recipe] = {
     ("pneumoniamnist", "resnet20", 8.0): Recipe(batch_size=428, lr=4.0, momentum=0.0, epochs=20,
                                                 ema_decay=0.95),
     ("pneumoniamnist", "resnet20", 3.0): Recipe(batch_size=428, lr=2.0, momentum=0.0, epochs=20,
                                                 ema_decay=0.95),
-    ("pneumoniamnist", "resnet20", 1.0): Recipe(batch_size=428, lr=1.0, momentum=0.0, epochs=20,
+    ("pneumoniamnist", "resnet20", 1.0): Recipe(batch_size=428, lr=4.0, momentum=0.0, epochs=20,
                                                 ema_decay=0.95),
 }
 NONPRIVATE_RECIPES: dict[str, Recipe] = {
@@ -115,11 +115,16 @@ TUNING: tuple[str, ...] = (
     "last 5 epochs, because resnet20's last epochs swing by up to 6 points; fixed after seeing "
     "lr 4 + EMA seed 0): lr 4 .945/.940 (final epochs .956/.962), lr 4 + EMA 0.95 .960/.950 "
     "(chosen), lr 2 .934 (seed 0 only: lr 2 seed 1 and lr 2 + EMA were stopped unfinished to "
-    "free the machine); eps 1 and 3 not tuned (lr 1 and 2, as for the cnn)",
+    "free the machine); eps 3 not tuned (lr 2, as for the cnn)",
+    "resnet20 eps 1 (seed 0, EMA 0.95, 20 ep): lr 1, 2 and 4 all end at the majority class (val "
+    "acc .742; val AUC .88 / .88 / .93): the first noisy steps (sigma 5.2) push the training loss "
+    "from 0.8-1.2 to 1.6-2.3 and 20 epochs do not bring it back; no working resnet20 recipe at "
+    "eps 1 yet (untried: lr warm-up, larger batches, more epochs). Kept: lr 4 (highest val AUC)",
     "privacy: each run's epsilon covers that run only. Selecting among k private runs on the same "
     "data is not covered; without a tuning-aware analysis the whole procedure is only bounded by "
     "composition (pneumoniamnist cnn: 13 runs at eps 8 + 11 augmented, 4 at eps 1; resnet20: 3 "
-    "finished at eps 8, plus 2 earlier lr-4 benchmark runs read for the choice; digits: 18 at eps 1)",
+    "finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the choice, 3 at eps 1; "
+    "digits: 18 at eps 1)",
 )
 
 
