@@ -119,12 +119,14 @@ TUNING: tuple[str, ...] = (
     "resnet20 eps 1 (seed 0, EMA 0.95, 20 ep): lr 1, 2 and 4 all end at the majority class (val "
     "acc .742; val AUC .88 / .88 / .93): the first noisy steps (sigma 5.2) push the training loss "
     "from 0.8-1.2 to 1.6-2.3 and 20 epochs do not bring it back; no working resnet20 recipe at "
-    "eps 1 yet (untried: lr warm-up, larger batches, more epochs). Kept: lr 4 (highest val AUC)",
+    "eps 1 yet. Larger batches at lr 4 + EMA 0.95 (b1177 and b2354, physical 428) were worse after "
+    "6-7 epochs (val AUC ~0.5, training loss 1.3-3.2) and were stopped; untried: lr warm-up, more "
+    "epochs, an EMA decay scaled to the step count. Kept: b428 lr 4 (highest val AUC)",
     "privacy: each run's epsilon covers that run only. Selecting among k private runs on the same "
     "data is not covered; without a tuning-aware analysis the whole procedure is only bounded by "
     "composition (pneumoniamnist cnn: 13 runs at eps 8 + 11 augmented, 4 at eps 1; resnet20: 3 "
-    "finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the choice, 3 at eps 1; "
-    "digits: 18 at eps 1)",
+    "finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the choice, 3 at eps 1 plus 2 "
+    "stopped; digits: 18 at eps 1)",
 )
 
 
