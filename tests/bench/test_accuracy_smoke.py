@@ -19,6 +19,7 @@ from dpscope.bench.accuracy import (
     check_targets,
     format_table,
     mean_spread,
+    paired_time_ratio,
     plan_grid,
     run_accuracy_benchmark,
 )
@@ -63,10 +64,12 @@ def test_untuned_epsilon_borrows_the_closest_tuned_recipe_and_overrides_apply() 
 
 
 def test_targets_compare_means_against_the_issue_thresholds() -> None:
-    def group(variant, eps, acc, seconds):
+    def group(variant, eps, acc, seconds, trained_in="grid-1"):
         return {"dataset": "pneumoniamnist", "model": "cnn", "variant": variant, "target_epsilon": eps,
                 "test_accuracy": {"mean": acc}, "test_auc": {"mean": 0.96},
-                "seconds_by_seed": dict(enumerate(seconds)), "sample_rate": 1 / 11, "steps": 220}
+                "seconds_by_seed": dict(enumerate(seconds)),
+                "trained_in_by_seed": {seed: trained_in for seed in range(len(seconds))},
+                "sample_rate": 1 / 11, "steps": 220}
 
     # per-seed ratios 0.4, 0.4, 0.9: median 0.4 (the ratio of means, 0.58, would mix the loads)
     checks = check_targets([group("nonprivate", None, 0.90, [10]), group("dpscope", 1.0, 0.84, [20]),
@@ -77,6 +80,23 @@ def test_targets_compare_means_against_the_issue_thresholds() -> None:
     assert not met["cnn eps 1 within 5 points of non-private accuracy (gap)"]  # gap 0.06
     assert met["cnn eps 8 wall time <= 0.5 x Opacus (median per-seed ratio)"]
     assert met["cnn eps 8 same sampler as Opacus (q, steps)"]
+
+
+def test_time_ratio_pairs_only_twins_trained_side_by_side() -> None:
+    ours = {"seconds_by_seed": {"0": 40, "1": 50, "2": 60},
+            "trained_in_by_seed": {"0": "copied", "1": "grid-2", "2": None}}
+    theirs = {"seconds_by_seed": {"0": 400, "1": 100, "2": 600},
+              "trained_in_by_seed": {"0": "grid-2", "1": "grid-2", "2": None}}
+    assert paired_time_ratio(ours, theirs) == 0.5  # seed 1 only: seed 0 ran apart, seed 2 unknown
+    ours["trained_in_by_seed"]["1"] = "grid-1"
+    assert paired_time_ratio(ours, theirs) is None
+    checks = check_targets([{**theirs, "dataset": "pneumoniamnist", "model": "cnn", "variant": v,
+                             "target_epsilon": 8.0, "test_accuracy": {"mean": 0.9},
+                             "test_auc": {"mean": 0.96}, "sample_rate": 0.1, "steps": 10,
+                             **(ours if v == "dpscope" else {})} for v in ("dpscope", "opacus")])
+    wall = next(c for c in checks if "wall time" in c["target"])
+    assert wall["value"] is None and not wall["met"]
+    assert "no twins trained side by side" in wall["target"]
 
 
 @pytest.mark.slow
