@@ -61,6 +61,11 @@ class Recipe:
     augment_multiplicity: int = 1  # augmented copies per example
     ema_decay: float | None = None  # evaluate an EMA of the weights (dpscope.averaging); 0: none
 
+    @property
+    def averaging(self) -> float | None:
+        """The EMA decay a run applies: None when it evaluates the last iterate (None or 0)."""
+        return self.ema_decay or None
+
 
 # Chosen on the validation split with the cnn, per (dataset, target epsilon), and used for every
 # model without its own recipe in MODEL_PRIVATE_RECIPES (resnet18 is not tuned); what was tried
@@ -197,7 +202,7 @@ class RunSpec:
         privacy = ("" if self.epsilon is None
                    else f"-eps{self.epsilon:g}-{self.accountant}-C{r.max_grad_norm:g}")
         augment = "" if r.augment is None else f"-{r.augment.replace(',', '+').replace(':', '')}K{r.augment_multiplicity}"
-        ema = f"-ema{r.ema_decay:g}" if r.ema_decay else ""
+        ema = "" if r.averaging is None else f"-ema{r.averaging:g}"
         return (f"{self.dataset}-{self.model}-{self.variant}{privacy}-b{r.batch_size}-lr{r.lr:g}"
                 f"-m{r.momentum:g}-ep{r.epochs}{augment}{ema}-seed{self.seed}")
 
@@ -285,7 +290,7 @@ def _train_dpscope(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
                              batch_size=r.batch_size, lr=r.lr, momentum=r.momentum,
                              optimizer="sgd", seed=spec.seed, threads=spec.threads,
                              augment=r.augment, augment_multiplicity=r.augment_multiplicity,
-                             ema_decay=r.ema_decay or None, **privacy)
+                             ema_decay=r.averaging, **privacy)
     return train(config, run_dir=run_dir)
 
 
@@ -329,9 +334,9 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         data_loader=loader, target_epsilon=spec.epsilon, target_delta=spec.delta, epochs=r.epochs,
         max_grad_norm=r.max_grad_norm, poisson_sampling=True)
     # the same EMA as dpscope's runs, kept on a clean copy of the model (no Opacus hooks)
-    average = None if not r.ema_decay else WeightAverage(
+    average = None if r.averaging is None else WeightAverage(
         build_model(spec.model, in_channels=dataset.in_channels, image_size=dataset.image_size,
-                    num_classes=dataset.num_classes), r.ema_decay)
+                    num_classes=dataset.num_classes), r.averaging)
 
     def evaluate(split) -> dict[str, Any]:
         evaluated = model if average is None else average.module
