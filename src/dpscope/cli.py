@@ -122,6 +122,8 @@ def train(
     optimizer: Annotated[Optional[str], typer.Option(help="sgd, adam or adamw")] = None,
     momentum: Annotated[Optional[float], typer.Option(help="SGD momentum")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="L2 weight decay")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(help="learning rate after the warm-up: constant, cosine or linear (decay to 0 by the last step)")] = None,
+    warmup_epochs: Annotated[Optional[float], typer.Option(help="linear learning-rate warm-up over this many epochs (fractions allowed)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed for data split, init, sampling and noise")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads (default: all cores)")] = None,
     epsilon: Annotated[Optional[float], typer.Option(help="train privately to this epsilon (noise calibrated)")] = None,
@@ -156,8 +158,8 @@ def train(
 
     options = _given(
         dataset=dataset, data_dir=data_dir, model=model, epochs=epochs, batch_size=batch_size,
-        lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, seed=seed,
-        threads=threads, epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier,
+        lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+        lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, seed=seed, threads=threads, epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm, clipping=clipping, accountant=accountant,
         physical_batch_size=physical_batch_size, secure_rng=secure_rng,
         clip_per_layer=clip_per_layer, auto_clip=auto_clip, augment=augment,

@@ -17,6 +17,7 @@ from dpscope.errors import ConfigError
 OptimizerName = Literal["sgd", "adam", "adamw"]
 AccountantName = Literal["pld", "rdp"]
 TestComposition = Literal["balanced", "same_imbalance"]
+LRScheduleName = Literal["constant", "cosine", "linear"]  # dpscope.optim.schedule
 
 
 PRIVATE_DEFAULTS = {"batch_size": 256, "lr": 0.5, "momentum": 0.0}
@@ -38,6 +39,12 @@ class RunConfig(BaseModel):
     optimizer: OptimizerName = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: LRScheduleName = Field(
+        "constant", description="learning rate after any warm-up: constant, or cosine/linear decay "
+        "to 0 by the last step; by step count only, no privacy cost")
+    warmup_epochs: float = Field(
+        0.0, ge=0, description="linear warm-up of the learning rate over this many epochs (may be "
+        "fractional)")
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     # augmentation of training batches (dpscope.data.augment), private or not
@@ -157,6 +164,13 @@ class RunConfig(BaseModel):
         if self.augment_multiplicity > 1 and self.augment is None:
             raise ConfigError("invalid config: augment_multiplicity > 1 needs augment (e.g. crop); "
                               "identical copies would only cost time")
+
+    def check_schedule(self) -> None:
+        """ConfigError when the warm-up would not end before the run does (checked at run start,
+        not per option, so that study specs can vary epochs and warmup_epochs alone)."""
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ConfigError(f"invalid config: warmup_epochs ({self.warmup_epochs:g}) must be "
+                              f"less than epochs ({self.epochs}); shorten the warm-up")
 
     def check_imbalance(self) -> None:
         """ConfigError unless minority_group and majority_share are given together (or neither)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 from dpscope.averaging import WeightAverage
 from dpscope.callbacks import Callback, LoopState, StepReport
@@ -30,6 +31,7 @@ from dpscope.dataset_prep import PreparedData, fairness_entry, prepare_dataset
 from dpscope.metrics import classification_metrics, predict
 from dpscope.models import build_model
 from dpscope.optim import make_torch_optimizer
+from dpscope.optim.schedule import LRSchedule
 from dpscope.run_folder import RunFolder, default_run_dir
 from dpscope.steps import (
     BatchSampler,
@@ -67,6 +69,8 @@ class TrainingParts:
     callbacks: list[Callback] = field(default_factory=list)
     augmenter: BatchAugmenter | None = None  # its generator state goes into the checkpoint
     weight_average: WeightAverage | None = None  # evaluated instead of the last iterate
+    lr_schedule: LRSchedule | None = None
+    lr_scheduler: LambdaLR | None = None  # stepped after every optimizer step
 
     def evaluated_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The weights a run evaluates and reports: the EMA when configured, else `model`."""
@@ -98,6 +102,14 @@ def build_training_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Mo
                                        weight_decay=config.weight_decay),
         augmenter=augmenter,
     )
+
+
+def build_lr_schedule(config: RunConfig, steps_per_epoch: int) -> LRSchedule:
+    """The configured schedule in optimizer steps (the sampler's steps per epoch; Poisson:
+    round(1/q), the same every epoch)."""
+    config.check_schedule()
+    return LRSchedule(config.lr_schedule, warmup_steps=math.ceil(config.warmup_epochs * steps_per_epoch),
+                      total_steps=config.epochs * steps_per_epoch)
 
 
 def train(
@@ -141,6 +153,8 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
     parts = build_training_parts(config, dataset, model)
     if config.ema_decay is not None:
         parts.weight_average = WeightAverage(model, config.ema_decay)
+    parts.lr_schedule = build_lr_schedule(config, len(parts.sampler))
+    parts.lr_scheduler = parts.lr_schedule.scheduler(parts.optimizer)
     all_callbacks = [*parts.callbacks, *_builtin_callbacks(config), *callbacks]
     state = LoopState(model=model, optimizer=parts.optimizer, run_dir=folder.path, config=config)
     seconds_before = 0.0
@@ -183,14 +197,17 @@ def _train_one_epoch(state: LoopState, parts: TrainingParts, dataset: Dataset,
                      callbacks: Sequence[Callback], reporter: Reporter) -> dict[str, Any]:
     model, epoch = state.model, state.epoch
     model.train()
-    loss_sum, seen, steps = 0.0, 0, 0
+    loss_sum, seen, steps, lr_used = 0.0, 0, 0, math.nan
     reporter.epoch_start(epoch, state.config.epochs, _len_or_none(parts.sampler))
     for indices in parts.sampler.epoch_batches():
         if parts.privacy is not None and not parts.privacy.can_step():
             break
         inputs, targets = dataset.batch(dataset.train, indices)
         result = parts.gradient_step(inputs, targets)
+        lr_used = parts.optimizer.param_groups[0]["lr"]
         parts.optimizer.step()
+        if parts.lr_scheduler is not None:
+            parts.lr_scheduler.step()
         if parts.weight_average is not None:
             parts.weight_average.update(model)
         state.step += 1
@@ -210,7 +227,7 @@ def _train_one_epoch(state: LoopState, parts: TrainingParts, dataset: Dataset,
         reporter.step_done()
     state.epoch += 1
     return {"epoch": epoch, "steps": steps, "train_loss": loss_sum / seen if seen else math.nan,
-            "train_examples": seen}
+            "train_examples": seen, "lr": lr_used}  # the rate of the epoch's last step
 
 
 def _evaluate(model: torch.nn.Module, dataset: Dataset, split) -> dict[str, Any]:
@@ -250,6 +267,8 @@ def _describe(config: RunConfig, prepared: PreparedData, parts: TrainingParts) -
         text += "\n" + parts.augmenter.describe()
     if parts.weight_average is not None:
         text += "\n" + parts.weight_average.describe()
+    if parts.lr_scheduler is not None:
+        text += "\n" + parts.lr_schedule.describe(config.lr)
     if "imbalance" in prepared.records:
         record = prepared.records["imbalance"]
         text += (f"\nimbalance: {record['minority_group']} is "
@@ -274,6 +293,7 @@ def _checkpoint(folder: RunFolder, state: LoopState, parts: TrainingParts,
         "augment": parts.augmenter.state_dict() if parts.augmenter is not None else None,
         "weight_average": (parts.weight_average.state_dict()
                            if parts.weight_average is not None else None),
+        "lr_scheduler": parts.lr_scheduler.state_dict() if parts.lr_scheduler is not None else None,
         "callbacks": {f"{i}:{c.name}": c.state_dict() for i, c in enumerate(callbacks)},
     })
     if parts.privacy is not None:
@@ -294,6 +314,8 @@ def _restore(folder: RunFolder, state: LoopState, parts: TrainingParts,
         parts.augmenter.load_state_dict(checkpoint["augment"])
     if parts.weight_average is not None:
         parts.weight_average.load_state_dict(checkpoint["weight_average"])
+    if parts.lr_scheduler is not None:
+        parts.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
     for i, callback in enumerate(callbacks):
         callback.load_state_dict(checkpoint["callbacks"].get(f"{i}:{callback.name}", {}))
     return float(checkpoint["seconds"])

@@ -121,6 +121,18 @@ def test_lr_scheduler_drives_the_wrapped_optimizer():
     assert opt.original_optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_lr_scheduler_still_drives_the_wrapped_optimizer_after_a_resume(kind):
+    model, opt = _model_and_optimizer(kind, seed=0)
+    _train(model, opt, 2)
+    _, resumed = _model_and_optimizer(kind, seed=0)
+    resumed.load_state_dict(opt.state_dict())
+    scheduler = torch.optim.lr_scheduler.StepLR(resumed, step_size=1, gamma=0.5)
+    scheduler.step()
+    assert resumed.original_optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert resumed.state is resumed.original_optimizer.state
+
+
 def test_unknown_optimizer_kind_and_closure_are_refused():
     plan = privacy.PrivacyPlan.for_noise(dataset_size=200, expected_batch_size=8, epochs=1,
                                          noise_multiplier=1.0, max_grad_norm=1.0)

@@ -132,6 +132,10 @@ class DPOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         self.original_optimizer.load_state_dict(state_dict["optimizer"])
+        # torch's load_state_dict builds new groups and state: share them again, or an LR
+        # scheduler bound to this wrapper would set rates the wrapped optimizer never reads
+        self.param_groups = self.original_optimizer.param_groups
+        self.state = self.original_optimizer.state
         self.noise.load_state_dict(state_dict["noise"])
         self.ledger.segments[:] = PrivacyLedger.from_dict(state_dict["ledger"]).segments
         self.steps_taken = state_dict["steps_taken"]
