@@ -37,6 +37,8 @@ def main() -> None:
     group.add_argument("--max-grad-norm", type=float, help="clipping bound C")
     group.add_argument("--epochs", type=int, help="epochs of private AND non-private runs")
     group.add_argument("--ema-decay", type=float, help="evaluate an EMA of the weights (private runs, Opacus too; 0: the last iterate)")
+    group.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), help="learning rate after the warm-up (Opacus too)")
+    group.add_argument("--warmup-epochs", type=float, help="linear learning-rate warm-up (Opacus too)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (separate processes)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))
@@ -46,7 +48,8 @@ def main() -> None:
     run_from_options(args.dataset, args.models, args.epsilons, args.seeds, args.variants, args.out,
                      accountant=args.accountant, batch_size=args.batch_size, lr=args.lr,
                      momentum=args.momentum, max_grad_norm=args.max_grad_norm, epochs=args.epochs,
-                     ema_decay=args.ema_decay,
+                     ema_decay=args.ema_decay, lr_schedule=args.lr_schedule,
+                     warmup_epochs=args.warmup_epochs,
                      threads=args.threads, jobs=args.jobs, json_path=args.json)
 
 if __name__ == "__main__":

@@ -37,7 +37,10 @@ def test_runs_the_grid_and_writes_the_record(tmp_path) -> None:
 
 def test_bad_option_gives_one_line_and_exit_code_2(tmp_path) -> None:
     for args, message in [(("--variant", "nope"), "nope"), (("--accountant", "xyz"), "xyz"),
-                          (("--jobs", "0"), "jobs"), (("--ema-decay", "1"), "ema_decay")]:
+                          (("--jobs", "0"), "jobs"), (("--ema-decay", "1"), "ema_decay"),
+                          (("--lr-schedule", "step"), "lr_schedule"),
+                          (("--warmup-epochs", "-1"), "warmup_epochs"),
+                          (("--warmup-epochs", "30"), "warmup_epochs")]:
         result = invoke("--dataset", "digits", "--out", str(tmp_path / "o"), *args)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output

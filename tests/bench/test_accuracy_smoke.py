@@ -10,6 +10,7 @@ from dataclasses import asdict
 import pytest
 
 from dpscope.errors import ConfigError
+from dpscope.optim.schedule import LRSchedule
 
 from dpscope.bench.accuracy import (
     PRIVATE_RECIPES,
@@ -149,6 +150,29 @@ def test_ema_recipe_reaches_dpscope_and_opacus_runs_and_the_table(tmp_path) -> N
     assert [r["variant"] for r in record["rows"]] == ["dpscope"] + (["opacus"] if HAVE_OPACUS else [])
     assert all(r["recipe"]["ema_decay"] == 0.9 for r in record["rows"])
     assert "ema0.9" in next(line for line in lines if line.startswith("dataset"))
+
+
+@pytest.mark.slow
+def test_lr_schedule_reaches_dpscope_and_opacus_runs_and_the_table(tmp_path) -> None:
+    recipe = Recipe(**{**asdict(TINY), "epochs": 2, "lr_schedule": "cosine", "warmup_epochs": 1.0})
+    specs = plan_grid(["digits"], ["cnn"], [8.0], [0], ["dpscope", "opacus"],
+                      private_changes=asdict(recipe))
+    assert all(s.name.endswith("-wu1-cosine-seed0") for s in specs)
+    lines: list[str] = []
+    record = run_accuracy_benchmark(specs, tmp_path / "out", echo=lines.append)
+    runs = tmp_path / "out" / "runs"
+    for spec in specs[:1 + HAVE_OPACUS]:  # both twins step with the same rates, epoch by epoch
+        assert (runs / spec.name / "summary.json").is_file()
+    dpscope_lrs = [json.loads(line)["lr"] for line in
+                   (runs / specs[0].name / "metrics.jsonl").read_text().splitlines()]
+    steps = record["rows"][0]["steps"] // 2
+    expected = LRSchedule("cosine", warmup_steps=steps, total_steps=2 * steps)
+    assert dpscope_lrs == pytest.approx([TINY.lr * expected((e + 1) * steps - 1) for e in range(2)])
+    if HAVE_OPACUS:
+        opacus_lrs = [json.loads(line)["lr"] for line in
+                      (runs / specs[1].name / "metrics.jsonl").read_text().splitlines()]
+        assert opacus_lrs == pytest.approx(dpscope_lrs)
+    assert "wu1-cosine" in next(line for line in lines if line.startswith("dataset"))
 
 
 def test_a_models_own_recipe_replaces_the_datasets_and_ema_zero_turns_it_off() -> None:

@@ -36,8 +36,10 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 
+from dpscope.config import make_run_config
 from dpscope.errors import ConfigError
 from dpscope.io import write_json_atomic
+from dpscope.optim.schedule import LR_SCHEDULES
 
 Variant = Literal["nonprivate", "dpscope", "opacus", "nonprivate_augmult", "dpscope_augmult"]
 VARIANTS: tuple[str, ...] = ("nonprivate", "dpscope", "opacus", "nonprivate_augmult", "dpscope_augmult")
@@ -60,11 +62,20 @@ class Recipe:
     augment: str | None = None  # "crop" or "crop,flip" (dpscope.data.augment)
     augment_multiplicity: int = 1  # augmented copies per example
     ema_decay: float | None = None  # evaluate an EMA of the weights (dpscope.averaging); 0: none
+    lr_schedule: str = "constant"  # constant, cosine or linear after the warm-up (dpscope.optim.schedule)
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up
 
     @property
     def averaging(self) -> float | None:
         """The EMA decay a run applies: None when it evaluates the last iterate (None or 0)."""
         return self.ema_decay or None
+
+    @property
+    def schedule_label(self) -> str:
+        """'' for a constant rate, else e.g. 'wu5-cosine' (run names and the table)."""
+        warmup = f"wu{self.warmup_epochs:g}" if self.warmup_epochs else ""
+        decay = "" if self.lr_schedule == "constant" else self.lr_schedule
+        return "-".join(part for part in (warmup, decay) if part)
 
 
 # Chosen on the validation split with the cnn, per (dataset, target epsilon), and used for every
@@ -203,8 +214,9 @@ class RunSpec:
                    else f"-eps{self.epsilon:g}-{self.accountant}-C{r.max_grad_norm:g}")
         augment = "" if r.augment is None else f"-{r.augment.replace(',', '+').replace(':', '')}K{r.augment_multiplicity}"
         ema = "" if r.averaging is None else f"-ema{r.averaging:g}"
+        schedule = f"-{r.schedule_label}" if r.schedule_label else ""
         return (f"{self.dataset}-{self.model}-{self.variant}{privacy}-b{r.batch_size}-lr{r.lr:g}"
-                f"-m{r.momentum:g}-ep{r.epochs}{augment}{ema}-seed{self.seed}")
+                f"-m{r.momentum:g}-ep{r.epochs}{schedule}{augment}{ema}-seed{self.seed}")
 
 
 def plan_grid(datasets: Sequence[str], models: Sequence[str], epsilons: Sequence[float],
@@ -276,7 +288,6 @@ def _last_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def _train_dpscope(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-    from dpscope.config import make_run_config
     from dpscope.train import resume, train
 
     if (run_dir / "checkpoint.pt").is_file():
@@ -290,7 +301,8 @@ def _train_dpscope(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
                              batch_size=r.batch_size, lr=r.lr, momentum=r.momentum,
                              optimizer="sgd", seed=spec.seed, threads=spec.threads,
                              augment=r.augment, augment_multiplicity=r.augment_multiplicity,
-                             ema_decay=r.averaging, **privacy)
+                             ema_decay=r.averaging, lr_schedule=r.lr_schedule,
+                             warmup_epochs=r.warmup_epochs, **privacy)
     return train(config, run_dir=run_dir)
 
 
@@ -316,6 +328,7 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     from dpscope.data import load_dataset
     from dpscope.metrics import classification_metrics, predict
     from dpscope.models import build_model
+    from dpscope.train import build_lr_schedule
 
     if spec.epsilon is None or spec.recipe.augment is not None:
         raise ConfigError("the opacus variant is private and unaugmented only")
@@ -333,6 +346,10 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         module=model, optimizer=torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum),
         data_loader=loader, target_epsilon=spec.epsilon, target_delta=spec.delta, epochs=r.epochs,
         max_grad_norm=r.max_grad_norm, poisson_sampling=True)
+    # the same schedule as dpscope's runs, by step (Opacus's loader has 1/q batches an epoch)
+    schedule = build_lr_schedule(make_run_config(epochs=r.epochs, lr_schedule=r.lr_schedule,
+                                                 warmup_epochs=r.warmup_epochs), len(loader))
+    scheduler = schedule.scheduler(optimizer)
     # the same EMA as dpscope's runs, kept on a clean copy of the model (no Opacus hooks)
     average = None if r.averaging is None else WeightAverage(
         build_model(spec.model, in_channels=dataset.in_channels, image_size=dataset.image_size,
@@ -350,13 +367,16 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
             for inputs, targets in loader:
                 optimizer.zero_grad(set_to_none=True)
                 F.cross_entropy(model(inputs), targets).backward()
+                lr_used = optimizer.param_groups[0]["lr"]
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 if average is not None:
                     average.update(model._module)
                 steps += 1
             val = evaluate(dataset.val)
             record = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_auc": val["auc"],
-                      "seconds": time.perf_counter() - started}
+                      "lr": lr_used, "seconds": time.perf_counter() - started}
             metrics_file.write(json.dumps(record) + "\n")
     seconds = time.perf_counter() - started
     test = evaluate(dataset.test)
@@ -478,6 +498,9 @@ def format_table(groups: Sequence[dict[str, Any]]) -> str:
             recipe += f" {r['augment']} K{r['augment_multiplicity']}"
         if r.get("ema_decay"):
             recipe += f" ema{r['ema_decay']:g}"
+        schedule = Recipe(**r).schedule_label
+        if schedule:
+            recipe += f" {schedule}"
         eps = "-" if g["target_epsilon"] is None else f"{g['target_epsilon']:g}"
         sigma = g["noise_multiplier"]["mean"]
         lines.append(
@@ -607,7 +630,8 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
                      accountant: str = "pld", batch_size: int | None = None,
                      lr: float | None = None, momentum: float | None = None,
                      max_grad_norm: float | None = None, epochs: int | None = None,
-                     ema_decay: float | None = None, threads: int = 1, jobs: int = 1, json_path: Path | None = None,
+                     ema_decay: float | None = None, lr_schedule: str | None = None,
+                     warmup_epochs: float | None = None, threads: int = 1, jobs: int = 1, json_path: Path | None = None,
                      echo: Callable[[str], None] = print) -> dict[str, Any]:
     """The benchmark as `benchmarks/accuracy.py` and `dpscope bench accuracy` run it: the tuned
     recipes with the given overrides (epochs applies to private and non-private runs alike)."""
@@ -617,11 +641,18 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
         raise ConfigError(f"jobs and threads must be at least 1, got {jobs} and {threads}")
     if ema_decay is not None and not 0 <= ema_decay < 1:
         raise ConfigError(f"ema_decay must be in [0, 1) (0: evaluate the last iterate), got {ema_decay}")
+    if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
+    if warmup_epochs is not None and warmup_epochs < 0:
+        raise ConfigError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
     changes = dict(batch_size=batch_size, lr=lr, momentum=momentum, max_grad_norm=max_grad_norm,
-                   epochs=epochs, ema_decay=ema_decay)
+                   epochs=epochs, ema_decay=ema_decay, lr_schedule=lr_schedule,
+                   warmup_epochs=warmup_epochs)
     specs = plan_grid(datasets, models, epsilons, seeds, variants, accountant=accountant,
                       threads=threads, private_changes=changes,
                       nonprivate_changes=dict(epochs=epochs))
+    for spec in specs:  # before any run starts, not in a worker half-way through the grid
+        make_run_config(epochs=spec.recipe.epochs, warmup_epochs=spec.recipe.warmup_epochs).check_schedule()
     return run_accuracy_benchmark(specs, out_dir, jobs=jobs, echo=echo,
                                   json_path=json_path or Path(out_dir) / "accuracy.json")
 
