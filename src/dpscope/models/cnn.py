@@ -18,6 +18,7 @@ from torch import nn
 
 from dpscope.errors import ConfigError
 from dpscope.models.init import conv_out_size, init_weights
+from dpscope.models.pool import ChannelsLastMaxPool2d
 
 # (kernel, stride, padding) of the two convolutions
 _PAPER_GEOMETRY = ((8, 2, 3), (4, 2, 0))
@@ -35,10 +36,10 @@ class PapernotCNN(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 16, k1, stride=s1, padding=p1),
             nn.Tanh(),
-            nn.MaxPool2d(2, stride=1),
+            ChannelsLastMaxPool2d(2, stride=1),
             nn.Conv2d(16, 32, k2, stride=s2, padding=p2),
             nn.Tanh(),
-            nn.MaxPool2d(2, stride=1),
+            ChannelsLastMaxPool2d(2, stride=1),
             nn.Flatten(),
         )
         side = image_size

@@ -1,0 +1,24 @@
+"""Max pooling computed in channels-last memory order, returned in the usual NCHW order.
+
+PyTorch's CPU max_pool2d is slow on NCHW tensors: on the cnn's first pooling (428 x 16 x 14 x 14,
+kernel 2, stride 1, one thread) forward and backward take about 46 ms, and about 26 ms when the
+input is first made channels-last, the copies there and back included. The maximum is exact, so
+outputs and gradients are bitwise those of `nn.MaxPool2d`; every model using this one (and Opacus
+runs of the same model) gets the saving, and nothing downstream sees a different layout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ChannelsLastMaxPool2d(nn.MaxPool2d):
+    """`nn.MaxPool2d` (same arguments, same results) pooled in channels-last order for speed."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torch.func transforms (the vmap strategy) cannot change memory format: pool as usual
+        if x.dim() != 4 or torch._C._functorch.is_functorch_wrapped_tensor(x):
+            return super().forward(x)
+        pooled = super().forward(x.contiguous(memory_format=torch.channels_last))
+        return pooled.contiguous()
