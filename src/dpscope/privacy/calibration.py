@@ -1,6 +1,6 @@
 """Calibration: the noise a target budget needs, and the steps a budget still affords.
 
-Both search over `dp_accounting` answers (bisection on `epsilon_spent`); neither computes epsilon
+Both search over `dp_accounting` answers (calls to `epsilon_spent`); neither computes epsilon
 itself. Guarantee: the returned noise multiplier (or step count) is one whose epsilon, as the
 accountant reports it, is <= the target; the noise multiplier is the smallest such found to
 within `CALIBRATION_RELATIVE_TOLERANCE` of the target epsilon (its epsilon lies in
@@ -78,7 +78,7 @@ def _narrow(eps: Callable[[float], float], target: float, low_end: tuple[float, 
     sigma found within tolerance, with its epsilon.
 
     log epsilon is close to linear in log sigma, so false position there (Illinois variant, which
-    keeps both ends moving) needs about 3 accountant calls where bisection needed 7-8; it aims at
+    keeps both ends moving) needs 2-4 accountant calls where bisection needed 6-8; it aims at
     the middle of the tolerance band and keeps every probe inside the bracket.
     """
     (low, eps_low), (high, eps_high) = low_end, high_end
