@@ -125,9 +125,10 @@ def test_lr_scheduler_drives_the_wrapped_optimizer():
 def test_lr_scheduler_still_drives_the_wrapped_optimizer_after_a_resume(kind):
     model, opt = _model_and_optimizer(kind, seed=0)
     _train(model, opt, 2)
-    _, resumed = _model_and_optimizer(kind, seed=0)
+    resumed_model, resumed = _model_and_optimizer(kind, seed=0)
     resumed.load_state_dict(opt.state_dict())
     scheduler = torch.optim.lr_scheduler.StepLR(resumed, step_size=1, gamma=0.5)
+    _train(resumed_model, resumed, 1)
     scheduler.step()
     assert resumed.original_optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
     assert resumed.state is resumed.original_optimizer.state
