@@ -13,6 +13,7 @@ from dpscope.errors import ConfigError
 from dpscope.optim.schedule import LRSchedule
 
 from dpscope.bench.accuracy import (
+    LOAD_FILE,
     PRIVATE_RECIPES,
     Recipe,
     private_recipe,
@@ -23,6 +24,7 @@ from dpscope.bench.accuracy import (
     paired_time_ratio,
     plan_grid,
     run_accuracy_benchmark,
+    run_grid,
 )
 
 HAVE_OPACUS = importlib.util.find_spec("opacus") is not None
@@ -188,3 +190,14 @@ def test_a_models_own_recipe_replaces_the_datasets_and_ema_zero_turns_it_off() -
     off = plan_grid(["pneumoniamnist"], ["resnet20"], [8.0], [0], ["dpscope"],
                     private_changes={"ema_decay": 0.0})[0]
     assert off.recipe.ema_decay == 0.0 and "-ema" not in off.name
+
+
+@pytest.mark.slow
+def test_parallel_grid_runs_each_spec_in_its_own_process_and_keeps_the_order(tmp_path) -> None:
+    specs = plan_grid(["digits"], ["mlp"], [8.0], [0, 1, 2], ["dpscope"], private_changes=asdict(TINY))
+    rows = run_grid(specs, tmp_path, jobs=2, echo=lambda _: None)
+    assert [r["run"] for r in rows] == [s.name for s in specs]
+    serial = run_grid(specs[:1], tmp_path / "serial", echo=lambda _: None)
+    assert serial[0]["test_accuracy"] == rows[0]["test_accuracy"]  # same run, any process
+    pids = [json.loads((tmp_path / "runs" / s.name / LOAD_FILE).read_text())["pid"] for s in specs]
+    assert len(set(pids)) == len(specs)
