@@ -152,11 +152,16 @@ TUNING: tuple[str, ...] = (
     "resnet20 eps 1 without GroupNorm scale and shift (their noise random walk reached std 1-1.9 "
     "around init 1 and 0 in the 40-epoch model): lr 4 + EMA 0.95, seed 0, 20 ep .742 (AUC .86, "
     "training loss 2.4); 40 ep stopped at epoch 20 (AUC .76, below the affine model's .89 "
-    "there) -> not adopted; the classifier noise remains",
+    "there) -> not adopted; the classifier noise remains. Classifier frozen at its random init "
+    "as well (no trainable scale, shift or classifier: all noisy layers scale-invariant), 20 ep: "
+    ".742 but val AUC .963 and falling training loss (0.47); its validation logits separate the "
+    "classes (best threshold .916) but the fixed classifier's logit scale is too small to move "
+    "the decision off the majority class; with the classifier's rows centred (sum 0) .742, AUC "
+    ".86 -> neither adopted",
     "privacy: each run's epsilon covers that run only. Selecting among k private runs on the same "
     "data is not covered; without a tuning-aware analysis the whole procedure is only bounded by "
     "composition (pneumoniamnist cnn: 25 runs at eps 8 + 11 augmented, 4 at eps 1; resnet20: 3 "
-    "finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the choice, 8 at eps 1 plus 4 "
+    "finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the choice, 10 at eps 1 plus 4 "
     "stopped; digits: 18 at eps 1)",
 )
 
