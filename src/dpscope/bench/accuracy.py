@@ -157,11 +157,12 @@ TUNING: tuple[str, ...] = (
     ".742 but val AUC .963 and falling training loss (0.47); its validation logits separate the "
     "classes (best threshold .916) but the fixed classifier's logit scale is too small to move "
     "the decision off the majority class; with the classifier's rows centred (sum 0) .742, AUC "
-    ".86 -> neither adopted",
+    ".86; frozen classifier with a trainable logit scale and per-class bias .742, AUC .83 -> "
+    "none adopted",
     "privacy: each run's epsilon covers that run only. Selecting among k private runs on the same "
     "data is not covered; without a tuning-aware analysis the whole procedure is only bounded by "
     "composition (pneumoniamnist cnn: 25 runs at eps 8 + 11 augmented, 4 at eps 1; resnet20: 3 "
-    "finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the choice, 10 at eps 1 plus 4 "
+    "finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the choice, 11 at eps 1 plus 4 "
     "stopped; digits: 18 at eps 1)",
 )
 
