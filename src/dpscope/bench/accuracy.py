@@ -158,11 +158,14 @@ TUNING: tuple[str, ...] = (
     "classes (best threshold .916) but the fixed classifier's logit scale is too small to move "
     "the decision off the majority class; with the classifier's rows centred (sum 0) .742, AUC "
     ".86; frozen classifier with a trainable logit scale and per-class bias .742, AUC .83 -> "
-    "none adopted",
+    "none adopted. Fewer trained coordinates instead (convolutions frozen at their random init, "
+    "everything else trained): stage 3's (205 k of 272 k parameters) .889, AUC .957, last 5 "
+    "epochs .874-.899 (the best resnet20 eps 1 validation so far, in 20 epochs); stages 2 and "
+    "3's .742, AUC .94 -> the lead for a freezing option (not yet on the CLI, no test runs)",
     "privacy: each run's epsilon covers that run only. Selecting among k private runs on the same "
     "data is not covered; without a tuning-aware analysis the whole procedure is only bounded by "
     "composition (pneumoniamnist cnn: 25 runs at eps 8 + 11 augmented, 4 at eps 1; resnet20: 3 "
-    "finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the choice, 11 at eps 1 plus 4 "
+    "finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the choice, 13 at eps 1 plus 4 "
     "stopped; digits: 18 at eps 1)",
 )
 
