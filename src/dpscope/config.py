@@ -57,6 +57,9 @@ class RunConfig(BaseModel):
         None, gt=0, lt=1, description="evaluate and report an exponential moving average of the "
         "weights with this decay (e.g. 0.95: about the last 20 steps) instead of the last iterate; "
         "post-processing, no privacy cost")
+    freeze: str | None = Field(
+        None, description="comma-separated glob patterns of parameter names kept at their random "
+        "init (no gradient, no noise), e.g. 'stages.2.*.conv?.weight'; no privacy cost")
     # privacy (off unless epsilon or noise_multiplier is given)
     epsilon: float | None = Field(None, description="target epsilon for the whole run")
     delta: float | None = Field(None, description="target delta; default min(1e-5, 1/(10 N))")
@@ -129,6 +132,17 @@ class RunConfig(BaseModel):
         if data.get("minority_group") is not None and data.get("groups") is None:
             data["groups"] = "class"
         return data
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_spec_parses(cls, spec: str | None) -> str | None:
+        from dpscope.models.freeze import parse_freeze_patterns
+
+        try:
+            parse_freeze_patterns(spec)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return spec or None
 
     @field_validator("perturb")
     @classmethod

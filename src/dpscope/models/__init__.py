@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dpscope.models.cnn import PapernotCNN
+from dpscope.models.freeze import freeze_parameters
 from dpscope.models.mlp import MLP
 from dpscope.models.norm import assert_dp_compatible, group_count, replace_batchnorm
 from dpscope.models.registry import MODELS, build_model
@@ -23,6 +24,7 @@ __all__ = [
     "WideResNet",
     "assert_dp_compatible",
     "build_model",
+    "freeze_parameters",
     "group_count",
     "patch_size_for",
     "replace_batchnorm",
