@@ -30,7 +30,7 @@ from dpscope.data.poisson import ShuffledBatchSampler
 from dpscope.dataset_prep import PreparedData, fairness_entry, prepare_dataset
 from dpscope.metrics import classification_metrics, predict
 from dpscope.models import build_model
-from dpscope.models.freeze import freeze_parameters
+from dpscope.models.freeze import describe_frozen, freeze_parameters
 from dpscope.optim import make_torch_optimizer
 from dpscope.optim.schedule import LRSchedule
 from dpscope.run_folder import RunFolder, default_run_dir
@@ -151,7 +151,7 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
     dataset = prepared.dataset
     model = build_model(config.model, in_channels=dataset.in_channels,
                         image_size=dataset.image_size, num_classes=dataset.num_classes)
-    freeze_parameters(model, config.freeze)
+    frozen = freeze_parameters(model, config.freeze)
     parts = build_training_parts(config, dataset, model)
     if config.ema_decay is not None:
         parts.weight_average = WeightAverage(model, config.ema_decay)
@@ -166,7 +166,10 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
     else:
         folder.write_config(config)
 
-    reporter.start(config, folder.path, _describe(config, prepared, parts))
+    plan = _describe(config, prepared, parts)
+    if frozen:
+        plan += "\n" + describe_frozen(model, frozen)
+    reporter.start(config, folder.path, plan)
     for callback in all_callbacks:
         callback.on_train_start(state)
     started = time.perf_counter()

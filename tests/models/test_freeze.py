@@ -77,3 +77,13 @@ def test_cli_bad_pattern_gives_one_line_and_exit_2(tmp_path):
     assert result.exit_code == 2, result.output
     assert "matches no parameter" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_the_plan_says_how_much_is_frozen(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--model", "mlp", "--epochs", "1", "--threads", "1",
+                                      "--freeze", "layers.1", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    model = build_model("mlp", in_channels=1, image_size=8, num_classes=10)
+    first = sum(p.numel() for n, p in model.named_parameters() if n.startswith("layers.1."))
+    total = sum(p.numel() for p in model.parameters())
+    assert f"2 tensors, {first:,} of {total:,} parameters" in " ".join(result.output.split())

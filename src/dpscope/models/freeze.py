@@ -48,3 +48,12 @@ def freeze_parameters(model: nn.Module, spec: str | None) -> list[str]:
         if name in frozen:
             param.requires_grad_(False)
     return frozen
+
+
+def describe_frozen(model: nn.Module, frozen: list[str]) -> str:
+    """One line for the run's plan: how much of the model trains."""
+    sizes = {name: param.numel() for name, param in model.named_parameters()}
+    kept = sum(sizes[name] for name in frozen)
+    total = sum(sizes.values())
+    return (f"frozen at init (no gradient, no noise): {len(frozen)} tensors, {kept:,} of {total:,} "
+            f"parameters; {total - kept:,} train")
