@@ -201,3 +201,17 @@ def test_parallel_grid_runs_each_spec_in_its_own_process_and_keeps_the_order(tmp
     assert serial[0]["test_accuracy"] == rows[0]["test_accuracy"]  # same run, any process
     pids = [json.loads((tmp_path / "runs" / s.name / LOAD_FILE).read_text())["pid"] for s in specs]
     assert len(set(pids)) == len(specs)
+
+
+def test_frozen_layers_reach_dpscope_and_opacus_runs_and_the_table(tmp_path) -> None:
+    recipe = Recipe(**{**asdict(TINY), "freeze": "layers.1"})
+    specs = plan_grid(["digits"], ["mlp"], [8.0], [0], ["dpscope", "opacus"],
+                      private_changes=asdict(recipe))
+    assert specs[0].name != plan_grid(["digits"], ["mlp"], [8.0], [0], ["dpscope"],
+                                      private_changes=asdict(TINY))[0].name
+    lines: list[str] = []
+    record = run_accuracy_benchmark(specs, tmp_path / "out", echo=lines.append)
+    config = json.loads((tmp_path / "out" / "runs" / specs[0].name / "config.json").read_text())
+    assert config["config"]["freeze"] == "layers.1"
+    assert [r["variant"] for r in record["rows"]] == ["dpscope"] + (["opacus"] if HAVE_OPACUS else [])
+    assert "freeze layers.1" in next(line for line in lines if line.startswith("dataset"))
