@@ -241,9 +241,9 @@ class RunSpec:
         augment = "" if r.augment is None else f"-{r.augment.replace(',', '+').replace(':', '')}K{r.augment_multiplicity}"
         ema = "" if r.averaging is None else f"-ema{r.averaging:g}"
         schedule = f"-{r.schedule_label}" if r.schedule_label else ""
-        schedule += "" if r.freeze is None else f"-frz{hashlib.sha1(r.freeze.encode()).hexdigest()[:6]}"
+        frozen = "" if r.freeze is None else f"-frz{hashlib.sha1(r.freeze.encode()).hexdigest()[:6]}"
         return (f"{self.dataset}-{self.model}-{self.variant}{privacy}-b{r.batch_size}-lr{r.lr:g}"
-                f"-m{r.momentum:g}-ep{r.epochs}{schedule}{augment}{ema}-seed{self.seed}")
+                f"-m{r.momentum:g}-ep{r.epochs}{schedule}{frozen}{augment}{ema}-seed{self.seed}")
 
 
 def plan_grid(datasets: Sequence[str], models: Sequence[str], epsilons: Sequence[float],
