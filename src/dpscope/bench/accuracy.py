@@ -95,15 +95,14 @@ PRIVATE_RECIPES: dict[tuple[str, float], Recipe] = {
 # A model's own recipe where one was tuned for it, (dataset, model, target epsilon); it replaces the
 # dataset's recipe above for that model at every epsilon (the closest tuned epsilon is used).
 # resnet20: chosen on the validation split at eps 8 (see TUNING); eps 3 follows the cnn's lr
-# ratio and is not tuned; at eps 1 it trains only with its last stage's convolutions frozen (see TUNING).
-RESNET20_LAST_STAGE_CONVS = "stages.2.*.conv?.weight,stages.2.0.shortcut.0.weight"  # 205 k of 272 k
+# ratio and is not tuned; at eps 1 only 40 epochs began to train it (see TUNING).
 MODEL_PRIVATE_RECIPES: dict[tuple[str, str, float], Recipe] = {
     ("pneumoniamnist", "resnet20", 8.0): Recipe(batch_size=428, lr=4.0, momentum=0.0, epochs=20,
                                                 ema_decay=0.95),
     ("pneumoniamnist", "resnet20", 3.0): Recipe(batch_size=428, lr=2.0, momentum=0.0, epochs=20,
                                                 ema_decay=0.95),
-    ("pneumoniamnist", "resnet20", 1.0): Recipe(batch_size=428, lr=4.0, momentum=0.0, epochs=20,
-                                                ema_decay=0.95, freeze=RESNET20_LAST_STAGE_CONVS),
+    ("pneumoniamnist", "resnet20", 1.0): Recipe(batch_size=428, lr=4.0, momentum=0.0, epochs=40,
+                                                ema_decay=0.95),
 }
 NONPRIVATE_RECIPES: dict[str, Recipe] = {
     "pneumoniamnist": Recipe(batch_size=64, lr=0.05, momentum=0.9, epochs=20),
@@ -164,7 +163,10 @@ TUNING: tuple[str, ...] = (
     "none adopted. Fewer trained coordinates instead (convolutions frozen at their random init, "
     "everything else trained): stage 3's (205 k of 272 k parameters) .889, AUC .957, last 5 "
     "epochs .874-.899 (the best resnet20 eps 1 validation so far, in 20 epochs); stages 2 and "
-    "3's .742, AUC .94 -> chosen: b428 lr 4 20 ep EMA 0.95, freeze RESNET20_LAST_STAGE_CONVS",
+    "3's .742, AUC .94. Stage 3 frozen ('stages.2.*.conv?.weight,stages.2.0.shortcut.0.weight', "
+    "20 ep) was then run on seeds 1-2: both ended at the majority class (val .742), so its mean "
+    "val acc over seeds 0-2 (.791) is below the 40-epoch recipe's (.814) -> not adopted "
+    "(test, printed: 0.661 +- 0.063 against 0.684 +- 0.018)",
     "privacy: each run's epsilon covers that run only. Selecting among k private runs on the same "
     "data is not covered; without a tuning-aware analysis the whole procedure is only bounded by "
     "composition (pneumoniamnist cnn: 25 runs at eps 8 + 11 augmented, 4 at eps 1; resnet20: 3 "
