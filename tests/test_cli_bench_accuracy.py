@@ -40,7 +40,8 @@ def test_bad_option_gives_one_line_and_exit_code_2(tmp_path) -> None:
                           (("--jobs", "0"), "jobs"), (("--ema-decay", "1"), "ema_decay"),
                           (("--lr-schedule", "step"), "lr_schedule"),
                           (("--warmup-epochs", "-1"), "warmup_epochs"),
-                          (("--warmup-epochs", "30"), "warmup_epochs")]:
+                          (("--warmup-epochs", "30"), "warmup_epochs"),
+                          (("--freeze", "fc,,conv"), "empty pattern")]:
         result = invoke("--dataset", "digits", "--out", str(tmp_path / "o"), *args)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
@@ -57,3 +58,12 @@ def test_augmult_variants_add_the_datasets_augmentation_to_the_same_recipes() ->
         assert augmented.augment_multiplicity > 1
         assert {**vars(augmented), **dict(augment=None, augment_multiplicity=1)} == vars(plain)
     assert len({s.name for s in specs}) == 4
+
+
+def test_freeze_override_reaches_the_private_recipes_only() -> None:
+    specs = plan_grid(["pneumoniamnist"], ["resnet20"], [1.0], [0], ["nonprivate", "dpscope", "opacus"],
+                      private_changes=dict(freeze="stages.2"))
+    by_variant = {s.variant: s for s in specs}
+    assert by_variant["dpscope"].recipe.freeze == by_variant["opacus"].recipe.freeze == "stages.2"
+    assert by_variant["nonprivate"].recipe.freeze is None
+    assert "-frz" in by_variant["dpscope"].name and "-frz" not in by_variant["nonprivate"].name

@@ -90,6 +90,7 @@ def bench_accuracy(
     ema_decay: Annotated[Optional[float], typer.Option(help="override: evaluate an EMA of the weights with this decay (private runs, Opacus too; 0: the last iterate)")] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(help="override: constant, cosine or linear learning rate after the warm-up (private runs, Opacus too)")] = None,
     warmup_epochs: Annotated[Optional[float], typer.Option(help="override: linear learning-rate warm-up epochs (private runs, Opacus too)")] = None,
+    freeze: Annotated[Optional[str], typer.Option(help="override: comma-separated parameter name patterns kept at their random init (private runs, Opacus too)")] = None,
     threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
     jobs: Annotated[int, typer.Option(help="runs at a time (separate processes)")] = 1,
     out: Annotated[Path, typer.Option(help="runs go to OUT/runs (finished ones are reused)")] = Path("bench-out/accuracy"),
@@ -105,7 +106,8 @@ def bench_accuracy(
                      epsilon or [1.0, 3.0, 8.0], seed or [0, 1, 2], variant or list(DEFAULT_VARIANTS), out,
                      accountant=accountant, batch_size=batch_size, lr=lr, momentum=momentum,
                      max_grad_norm=max_grad_norm, epochs=epochs, ema_decay=ema_decay,
-                     lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, threads=threads, jobs=jobs, json_path=json_path, echo=typer.echo)
+                     lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, freeze=freeze,
+                     threads=threads, jobs=jobs, json_path=json_path, echo=typer.echo)
 
 
 def _given(**options) -> dict:

@@ -40,6 +40,7 @@ import torch
 from dpscope.config import make_run_config
 from dpscope.errors import ConfigError
 from dpscope.io import write_json_atomic
+from dpscope.models.freeze import parse_freeze_patterns
 from dpscope.optim.schedule import LR_SCHEDULES
 
 Variant = Literal["nonprivate", "dpscope", "opacus", "nonprivate_augmult", "dpscope_augmult"]
@@ -667,7 +668,8 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
                      lr: float | None = None, momentum: float | None = None,
                      max_grad_norm: float | None = None, epochs: int | None = None,
                      ema_decay: float | None = None, lr_schedule: str | None = None,
-                     warmup_epochs: float | None = None, threads: int = 1, jobs: int = 1, json_path: Path | None = None,
+                     warmup_epochs: float | None = None, freeze: str | None = None,
+                     threads: int = 1, jobs: int = 1, json_path: Path | None = None,
                      echo: Callable[[str], None] = print) -> dict[str, Any]:
     """The benchmark as `benchmarks/accuracy.py` and `dpscope bench accuracy` run it: the tuned
     recipes with the given overrides (epochs applies to private and non-private runs alike)."""
@@ -681,9 +683,10 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
         raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
     if warmup_epochs is not None and warmup_epochs < 0:
         raise ConfigError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    parse_freeze_patterns(freeze)  # a malformed list fails here; unmatched names fail per model
     changes = dict(batch_size=batch_size, lr=lr, momentum=momentum, max_grad_norm=max_grad_norm,
                    epochs=epochs, ema_decay=ema_decay, lr_schedule=lr_schedule,
-                   warmup_epochs=warmup_epochs)
+                   warmup_epochs=warmup_epochs, freeze=freeze or None)
     specs = plan_grid(datasets, models, epsilons, seeds, variants, accountant=accountant,
                       threads=threads, private_changes=changes,
                       nonprivate_changes=dict(epochs=epochs))
