@@ -31,6 +31,33 @@ class ClipRule(Protocol):
         ...
 
 
+def scale_by_example(weights: dict[str, torch.Tensor], example_weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Each parameter's (B,) weights times per-example weights in [0, 1] (e.g. class weights
+    applied after clipping: the bound, and so the sensitivity, stays the rule's). Tensors shared
+    between parameters stay shared, which the ghost path's single second backward relies on."""
+    if example_weights is None:
+        return weights
+    scaled: dict[int, torch.Tensor] = {}
+    out = {}
+    for name, w in weights.items():
+        if id(w) not in scaled:
+            scaled[id(w)] = w * example_weights.to(w)
+        out[name] = scaled[id(w)]
+    return out
+
+
+def check_example_weights(example_weights: torch.Tensor | None, batch: int) -> None:
+    """Per-example weights must be a (B,) tensor in [0, 1]: above 1 would raise the sensitivity."""
+    if example_weights is None:
+        return
+    if tuple(example_weights.shape) != (batch,):
+        raise ConfigError(f"example_weights must have shape ({batch},), one per example, got "
+                          f"{tuple(example_weights.shape)}")
+    if not bool(((example_weights >= 0) & (example_weights <= 1)).all()):
+        raise ConfigError("example_weights must lie in [0, 1] (a weight above 1 would raise the "
+                          "sensitivity above the clipping bound)")
+
+
 def _flat_weights(max_grad_norm: float, norms: torch.Tensor) -> torch.Tensor:
     if math.isinf(max_grad_norm):
         return torch.ones_like(norms)
