@@ -144,6 +144,7 @@ def train(
     augment_multiplicity: Annotated[Optional[int], typer.Option(help="augmented copies per example (needs --augment); private: the mean over copies is clipped, the guarantee is unchanged")] = None,
     ema_decay: Annotated[Optional[float], typer.Option(help="evaluate an exponential moving average of the weights, e.g. 0.95 (about the last 20 steps), not the last iterate; no privacy cost")] = None,
     freeze: Annotated[Optional[str], typer.Option(help="keep parameters matching these comma-separated name patterns at their random init (no gradient, no noise; fewer noisy coordinates), e.g. 'stages.2.*.conv?.weight'")] = None,
+    class_weights: Annotated[Optional[str], typer.Option(help="one weight per class in [0, 1], the largest 1, e.g. 1,0.35: multiplies each example's gradient, after clipping when private (sensitivity unchanged)")] = None,
     track_dynamics: Annotated[bool, typer.Option("--track-dynamics", help="record layer-wise relative weight change")] = False,
     dynamics_every_steps: Annotated[Optional[int], typer.Option(help="record layer dynamics every N steps instead of each epoch (implies --track-dynamics)")] = None,
     perturb: Annotated[Optional[str], typer.Option(help="perturb training images first: laplace:eps=1, gaussian:eps=1,delta=1e-5, dp_pix:eps=1,b=4,m=1, singh2020_brightness_shift:eps=1")] = None,
@@ -156,6 +157,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
 ) -> None:
     """Train one model; with --epsilon or --noise-multiplier, privately (DP-SGD)."""
+    from dpscope.class_weights import parse_class_weights
     from dpscope.config import make_run_config
     from dpscope.train import SilentReporter
     from dpscope.train import resume as resume_training
@@ -169,6 +171,7 @@ def train(
         physical_batch_size=physical_batch_size, secure_rng=secure_rng,
         clip_per_layer=clip_per_layer, auto_clip=auto_clip, augment=augment,
         augment_multiplicity=augment_multiplicity, ema_decay=ema_decay, freeze=freeze,
+        class_weights=None if class_weights is None else parse_class_weights(class_weights),
         track_dynamics=track_dynamics,
         dynamics_every_steps=dynamics_every_steps, perturb=perturb, groups=groups,
         minority_group=minority_group, majority_share=majority_share,

@@ -60,6 +60,10 @@ class RunConfig(BaseModel):
     freeze: str | None = Field(
         None, description="comma-separated glob patterns of parameter names kept at their random "
         "init (no gradient, no noise), e.g. 'stages.2.*.conv?.weight'; no privacy cost")
+    class_weights: tuple[float, ...] | None = Field(
+        None, description="one weight in [0, 1] per class (the largest 1) multiplying each "
+        "example's gradient, after clipping when private so that clipping cannot undo it; the "
+        "sensitivity stays C (dpscope.class_weights)")
     # privacy (off unless epsilon or noise_multiplier is given)
     epsilon: float | None = Field(None, description="target epsilon for the whole run")
     delta: float | None = Field(None, description="target delta; default min(1e-5, 1/(10 N))")
@@ -143,6 +147,13 @@ class RunConfig(BaseModel):
         except ConfigError as error:
             raise ValueError(str(error)) from None
         return spec or None
+
+    @field_validator("class_weights")
+    @classmethod
+    def _class_weights_in_range(cls, weights: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        from dpscope.class_weights import check_class_weights
+
+        return None if weights is None else check_class_weights(weights)
 
     @field_validator("perturb")
     @classmethod

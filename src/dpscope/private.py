@@ -57,8 +57,9 @@ class ClippedSumGradient:
     """
 
     def __init__(self, model: torch.nn.Module, strategy: str, clip_rule: Any,
-                 physical_batch_size: int | None, augmenter: Any = None) -> None:
+                 physical_batch_size: int | None, augmenter: Any = None, class_weights: Any = None) -> None:
         self.model = model
+        self.class_weights = class_weights  # dpscope.class_weights.ClassWeights: applied after clipping
         self.engine = clipping.ClippingEngine(model, strategy=strategy)
         self.clip_rule = clip_rule
         self.physical_batch_size = physical_batch_size
@@ -66,10 +67,12 @@ class ClippedSumGradient:
 
     def _chunk(self, inputs: torch.Tensor, targets: torch.Tensor) -> clipping.ClipResult:
         copies = 1 if self.augmenter is None else self.augmenter.multiplicity
+        example_weights = None if self.class_weights is None else self.class_weights.of(targets)
         if self.augmenter is not None:
             inputs, targets = self.augmenter(inputs, targets)
         return self.engine.clipped_grad_sum(per_example_cross_entropy, inputs, targets, self.clip_rule,
-                                            accumulate=True, rows_per_example=copies)
+                                            accumulate=True, rows_per_example=copies,
+                                            example_weights=example_weights)
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> GradientResult:
         self.model.zero_grad(set_to_none=True)
@@ -184,7 +187,8 @@ def _per_parameter_bounds(plan: PrivacyPlan, model: torch.nn.Module) -> dict[str
     return {name: rule.max_grad_norms[rule.group_of(name)] for name in names}
 
 
-def build_private_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Module, augmenter: Any = None):
+def build_private_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Module, augmenter: Any = None,
+                        class_weights: Any = None):
     from dpscope.train import TrainingParts
 
     plan = make_plan(config, len(dataset.train), model)
@@ -198,7 +202,7 @@ def build_private_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Mod
     return TrainingParts(
         sampler=sampler,
         gradient_step=ClippedSumGradient(model, config.clipping, plan.clip_rule(),
-                                         config.physical_batch_size, augmenter),
+                                         config.physical_batch_size, augmenter, class_weights),
         optimizer=optimizer,
         privacy=PrivateTraining(plan, optimizer, config.clipping,
                                 _per_parameter_bounds(plan, model), augmenter),
