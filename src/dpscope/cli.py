@@ -140,11 +140,11 @@ def train(
     secure_rng: Annotated[bool, typer.Option("--secure-rng", help="draw noise from the OS's randomness (slower, not reproducible)")] = False,
     clip_per_layer: Annotated[bool, typer.Option("--clip-per-layer", help="a clipping bound per layer, total sensitivity still C")] = False,
     auto_clip: Annotated[bool, typer.Option("--auto-clip", help="normalise per-example gradients instead of clipping (Bu et al. 2023)")] = False,
+    class_clip: Annotated[Optional[str], typer.Option(help="per class, the fraction of --max-grad-norm its examples are clipped to, largest 1, e.g. 1,0.35 against a majority class 1 (sensitivity unchanged)")] = None,
     augment: Annotated[Optional[str], typer.Option(help="augment training images: crop, crop,flip or crop:2,flip (random crop with reflect padding, 4 px unless given; horizontal flip)")] = None,
     augment_multiplicity: Annotated[Optional[int], typer.Option(help="augmented copies per example (needs --augment); private: the mean over copies is clipped, the guarantee is unchanged")] = None,
     ema_decay: Annotated[Optional[float], typer.Option(help="evaluate an exponential moving average of the weights, e.g. 0.95 (about the last 20 steps), not the last iterate; no privacy cost")] = None,
     freeze: Annotated[Optional[str], typer.Option(help="keep parameters matching these comma-separated name patterns at their random init (no gradient, no noise; fewer noisy coordinates), e.g. 'stages.2.*.conv?.weight'")] = None,
-    class_weights: Annotated[Optional[str], typer.Option(help="one weight per class in [0, 1], the largest 1, e.g. 1,0.35: multiplies each example's gradient, after clipping when private (sensitivity unchanged)")] = None,
     track_dynamics: Annotated[bool, typer.Option("--track-dynamics", help="record layer-wise relative weight change")] = False,
     dynamics_every_steps: Annotated[Optional[int], typer.Option(help="record layer dynamics every N steps instead of each epoch (implies --track-dynamics)")] = None,
     perturb: Annotated[Optional[str], typer.Option(help="perturb training images first: laplace:eps=1, gaussian:eps=1,delta=1e-5, dp_pix:eps=1,b=4,m=1, singh2020_brightness_shift:eps=1")] = None,
@@ -157,7 +157,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
 ) -> None:
     """Train one model; with --epsilon or --noise-multiplier, privately (DP-SGD)."""
-    from dpscope.class_weights import parse_class_weights
+    from dpscope.class_clip import parse_class_clip
     from dpscope.config import make_run_config
     from dpscope.train import SilentReporter
     from dpscope.train import resume as resume_training
@@ -171,7 +171,7 @@ def train(
         physical_batch_size=physical_batch_size, secure_rng=secure_rng,
         clip_per_layer=clip_per_layer, auto_clip=auto_clip, augment=augment,
         augment_multiplicity=augment_multiplicity, ema_decay=ema_decay, freeze=freeze,
-        class_weights=None if class_weights is None else parse_class_weights(class_weights),
+        class_clip=None if class_clip is None else parse_class_clip(class_clip),
         track_dynamics=track_dynamics,
         dynamics_every_steps=dynamics_every_steps, perturb=perturb, groups=groups,
         minority_group=minority_group, majority_share=majority_share,

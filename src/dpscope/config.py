@@ -60,10 +60,6 @@ class RunConfig(BaseModel):
     freeze: str | None = Field(
         None, description="comma-separated glob patterns of parameter names kept at their random "
         "init (no gradient, no noise), e.g. 'stages.2.*.conv?.weight'; no privacy cost")
-    class_weights: tuple[float, ...] | None = Field(
-        None, description="one weight in [0, 1] per class (the largest 1) multiplying each "
-        "example's gradient, after clipping when private so that clipping cannot undo it; the "
-        "sensitivity stays C (dpscope.class_weights)")
     # privacy (off unless epsilon or noise_multiplier is given)
     epsilon: float | None = Field(None, description="target epsilon for the whole run")
     delta: float | None = Field(None, description="target delta; default min(1e-5, 1/(10 N))")
@@ -75,6 +71,10 @@ class RunConfig(BaseModel):
     secure_rng: bool = False
     clip_per_layer: bool = False
     auto_clip: bool = False
+    class_clip: tuple[float, ...] | None = Field(
+        None, description="per class, the fraction in (0, 1] of max_grad_norm its examples are "
+        "clipped to (the largest 1), e.g. [1, 0.35] against a majority class 1; the sensitivity "
+        "stays max_grad_norm (dpscope.class_clip)")
     # extras: layer dynamics
     track_dynamics: bool = False
     dynamics_every_steps: int | None = Field(
@@ -148,12 +148,12 @@ class RunConfig(BaseModel):
             raise ValueError(str(error)) from None
         return spec or None
 
-    @field_validator("class_weights")
+    @field_validator("class_clip")
     @classmethod
-    def _class_weights_in_range(cls, weights: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        from dpscope.class_weights import check_class_weights
+    def _class_clip_in_range(cls, fractions: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        from dpscope.class_clip import check_class_clip
 
-        return None if weights is None else check_class_weights(weights)
+        return None if fractions is None else check_class_clip(fractions)
 
     @field_validator("perturb")
     @classmethod
@@ -189,6 +189,13 @@ class RunConfig(BaseModel):
         if self.augment_multiplicity > 1 and self.augment is None:
             raise ConfigError("invalid config: augment_multiplicity > 1 needs augment (e.g. crop); "
                               "identical copies would only cost time")
+
+    def check_class_clip(self) -> None:
+        """ConfigError for per-class clipping bounds without private training (checked at run
+        start, not per option, so that study specs can vary class_clip alone)."""
+        if self.class_clip is not None and not self.private:
+            raise ConfigError("invalid config: class_clip sets clipping bounds, so it needs private "
+                              "training (--epsilon or --noise-multiplier)")
 
     def check_schedule(self) -> None:
         """ConfigError when the warm-up would not end before the run does (checked at run start,

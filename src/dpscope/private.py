@@ -16,6 +16,7 @@ import torch
 
 from dpscope import clipping
 from dpscope.callbacks import StepReport
+from dpscope.class_clip import ClassClip
 from dpscope.config import RunConfig
 from dpscope.data import Dataset
 from dpscope.data.poisson import PoissonSampler
@@ -57,9 +58,9 @@ class ClippedSumGradient:
     """
 
     def __init__(self, model: torch.nn.Module, strategy: str, clip_rule: Any,
-                 physical_batch_size: int | None, augmenter: Any = None, class_weights: Any = None) -> None:
+                 physical_batch_size: int | None, augmenter: Any = None, class_clip: Any = None) -> None:
         self.model = model
-        self.class_weights = class_weights  # dpscope.class_weights.ClassWeights: applied after clipping
+        self.class_clip = class_clip  # dpscope.class_clip.ClassClip: a bound per class, at most C
         self.engine = clipping.ClippingEngine(model, strategy=strategy)
         self.clip_rule = clip_rule
         self.physical_batch_size = physical_batch_size
@@ -67,12 +68,12 @@ class ClippedSumGradient:
 
     def _chunk(self, inputs: torch.Tensor, targets: torch.Tensor) -> clipping.ClipResult:
         copies = 1 if self.augmenter is None else self.augmenter.multiplicity
-        example_weights = None if self.class_weights is None else self.class_weights.of(targets)
+        bound_scales = None if self.class_clip is None else self.class_clip.of(targets)
         if self.augmenter is not None:
             inputs, targets = self.augmenter(inputs, targets)
         return self.engine.clipped_grad_sum(per_example_cross_entropy, inputs, targets, self.clip_rule,
                                             accumulate=True, rows_per_example=copies,
-                                            example_weights=example_weights)
+                                            bound_scales=bound_scales)
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> GradientResult:
         self.model.zero_grad(set_to_none=True)
@@ -187,8 +188,12 @@ def _per_parameter_bounds(plan: PrivacyPlan, model: torch.nn.Module) -> dict[str
     return {name: rule.max_grad_norms[rule.group_of(name)] for name in names}
 
 
-def build_private_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Module, augmenter: Any = None,
-                        class_weights: Any = None):
+def build_class_clip(config: RunConfig, dataset: Dataset) -> ClassClip | None:
+    """The configured per-class bounds for `dataset`'s classes (ConfigError for a count mismatch)."""
+    return None if config.class_clip is None else ClassClip(config.class_clip, dataset.class_names)
+
+
+def build_private_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Module, augmenter: Any = None):
     from dpscope.train import TrainingParts
 
     plan = make_plan(config, len(dataset.train), model)
@@ -202,7 +207,7 @@ def build_private_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Mod
     return TrainingParts(
         sampler=sampler,
         gradient_step=ClippedSumGradient(model, config.clipping, plan.clip_rule(),
-                                         config.physical_batch_size, augmenter, class_weights),
+                                         config.physical_batch_size, augmenter, build_class_clip(config, dataset)),
         optimizer=optimizer,
         privacy=PrivateTraining(plan, optimizer, config.clipping,
                                 _per_parameter_bounds(plan, model), augmenter),

@@ -45,10 +45,9 @@ class MeanGradient:
     `loss_sum` sums each example's mean loss over its copies.
     """
 
-    def __init__(self, model: torch.nn.Module, augmenter: Any = None, class_weights: Any = None) -> None:
+    def __init__(self, model: torch.nn.Module, augmenter: Any = None) -> None:
         self.model = model
         self.augmenter = augmenter  # dpscope.data.augment.BatchAugmenter or None
-        self.class_weights = class_weights  # dpscope.class_weights.ClassWeights or None
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> GradientResult:
         self.model.zero_grad(set_to_none=True)
@@ -56,7 +55,6 @@ class MeanGradient:
             return GradientResult(loss_sum=0.0, batch_size=0)
         rows, row_targets = (inputs, targets) if self.augmenter is None else self.augmenter(inputs, targets)
         losses = per_example_cross_entropy(self.model(rows), row_targets)
-        weighted = losses if self.class_weights is None else losses * self.class_weights.of(row_targets, losses)
-        weighted.mean().backward()
+        losses.mean().backward()
         copies = len(row_targets) // len(targets)
         return GradientResult(loss_sum=float(losses.detach().sum()) / copies, batch_size=len(targets))

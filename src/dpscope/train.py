@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from dpscope.averaging import WeightAverage
 from dpscope.callbacks import Callback, LoopState, StepReport
-from dpscope.class_weights import ClassWeights
+from dpscope.class_clip import ClassClip
 from dpscope.config import RunConfig
 from dpscope.data import Dataset, load_dataset
 from dpscope.data.augment import BatchAugmenter
@@ -91,25 +91,20 @@ def build_augmenter(config: RunConfig) -> BatchAugmenter | None:
 
 
 def build_training_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Module) -> TrainingParts:
+    config.check_class_clip()
     augmenter = build_augmenter(config)
-    class_weights = build_class_weights(config, dataset)
     if config.private:
         from dpscope.private import build_private_parts
 
-        return build_private_parts(config, dataset, model, augmenter, class_weights)
+        return build_private_parts(config, dataset, model, augmenter)
     return TrainingParts(
         sampler=ShuffledBatchSampler(len(dataset.train), config.batch_size, seed=config.seed),
-        gradient_step=MeanGradient(model, augmenter, class_weights),
+        gradient_step=MeanGradient(model, augmenter),
         optimizer=make_torch_optimizer(model.parameters(), kind=config.optimizer, lr=config.lr,
                                        momentum=config.momentum,
                                        weight_decay=config.weight_decay),
         augmenter=augmenter,
     )
-
-
-def build_class_weights(config: RunConfig, dataset: Dataset) -> ClassWeights | None:
-    """The configured class weights for `dataset`'s classes (ConfigError for a count mismatch)."""
-    return None if config.class_weights is None else ClassWeights(config.class_weights, dataset.class_names)
 
 
 def build_lr_schedule(config: RunConfig, steps_per_epoch: int) -> LRSchedule:
@@ -281,8 +276,8 @@ def _describe(config: RunConfig, prepared: PreparedData, parts: TrainingParts) -
         text += "\n" + parts.weight_average.describe()
     if parts.lr_scheduler is not None:
         text += "\n" + parts.lr_schedule.describe(config.lr)
-    if config.class_weights is not None:
-        text += "\n" + build_class_weights(config, dataset).describe(config.private)
+    if config.class_clip is not None:
+        text += "\n" + ClassClip(config.class_clip, dataset.class_names).describe(config.max_grad_norm)
     if "imbalance" in prepared.records:
         record = prepared.records["imbalance"]
         text += (f"\nimbalance: {record['minority_group']} is "

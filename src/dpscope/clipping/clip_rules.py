@@ -31,30 +31,27 @@ class ClipRule(Protocol):
         ...
 
 
-def scale_by_example(weights: dict[str, torch.Tensor], example_weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Each parameter's (B,) weights times per-example weights in [0, 1] (e.g. class weights
-    applied after clipping: the bound, and so the sensitivity, stays the rule's). Tensors shared
-    between parameters stay shared, which the ghost path's single second backward relies on."""
-    if example_weights is None:
-        return weights
-    scaled: dict[int, torch.Tensor] = {}
-    out = {}
-    for name, w in weights.items():
-        if id(w) not in scaled:
-            scaled[id(w)] = w * example_weights.to(w)
-        out[name] = scaled[id(w)]
-    return out
+def weights_with_bound_scales(rule: "ClipRule", sq_norms: Mapping[str, torch.Tensor], norms: torch.Tensor,
+                              bound_scales: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The rule's weights with example i's bound(s) scaled by s_i in (0, 1] (flat: min(1, s_i C /
+    ||g_i||)), e.g. a smaller bound for a majority class. Computed as the rule's weights for norms
+    divided by s_i, which every rule reads alike; no contribution exceeds the rule's bound, so
+    the sensitivity is unchanged."""
+    if bound_scales is None:
+        return rule.weights(sq_norms, norms)
+    scales = bound_scales.to(norms)
+    return rule.weights({name: sq / scales.square() for name, sq in sq_norms.items()}, norms / scales)
 
 
-def check_example_weights(example_weights: torch.Tensor | None, batch: int) -> None:
-    """Per-example weights must be a (B,) tensor in [0, 1]: above 1 would raise the sensitivity."""
-    if example_weights is None:
+def check_bound_scales(bound_scales: torch.Tensor | None, batch: int) -> None:
+    """Per-example bound scales must be a (B,) tensor in (0, 1]: above 1 would raise the sensitivity."""
+    if bound_scales is None:
         return
-    if tuple(example_weights.shape) != (batch,):
-        raise ConfigError(f"example_weights must have shape ({batch},), one per example, got "
-                          f"{tuple(example_weights.shape)}")
-    if not bool(((example_weights >= 0) & (example_weights <= 1)).all()):
-        raise ConfigError("example_weights must lie in [0, 1] (a weight above 1 would raise the "
+    if tuple(bound_scales.shape) != (batch,):
+        raise ConfigError(f"bound_scales must have shape ({batch},), one per example, got "
+                          f"{tuple(bound_scales.shape)}")
+    if not bool(((bound_scales > 0) & (bound_scales <= 1)).all()):
+        raise ConfigError("bound_scales must lie in (0, 1] (a scale above 1 would raise the "
                           "sensitivity above the clipping bound)")
 
 

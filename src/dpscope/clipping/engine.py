@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from dpscope.clipping.checks import check_losses
-from dpscope.clipping.clip_rules import ClipRule, FlatClip, as_clip_rule, check_example_weights, scale_by_example
+from dpscope.clipping.clip_rules import ClipRule, FlatClip, as_clip_rule, check_bound_scales, weights_with_bound_scales
 from dpscope.clipping.memory import keep_freed_memory
 from dpscope.clipping.registry import LayerSlot, layer_slots
 from dpscope.clipping.result import ClipResult
@@ -106,20 +106,20 @@ class ClippingEngine:
         *,
         accumulate: bool = False,
         rows_per_example: int = 1,
-        example_weights: torch.Tensor | None = None,
+        bound_scales: torch.Tensor | None = None,
     ) -> ClipResult:
         """Set (or with accumulate=True add to) p.grad = sum_i w_i g_i for every trainable p.
 
         `clip` is a ClipRule (FlatClip, PerLayerClip, AutoClip) or a number meaning FlatClip.
         Returns the norms before clipping. Nothing is written if the pass raises. With
         `rows_per_example` K the B*K rows are B examples' K copies each (see the module docstring).
-        `example_weights` (B,) in [0, 1] multiply each example's clipped gradient (class weights
-        that clipping cannot undo; the sensitivity stays the rule's).
+        `bound_scales` (B,) in (0, 1] scale each example's clipping bound (e.g. per class, against
+        the pull of a majority class; the sensitivity stays the rule's).
         """
         rule = as_clip_rule(clip)
         _check_rows(rows_per_example, inputs.shape[0])
-        check_example_weights(example_weights, inputs.shape[0] // rows_per_example)
-        result, sums = self._run(loss_fn, inputs, targets, rule, rows_per_example, example_weights)
+        check_bound_scales(bound_scales, inputs.shape[0] // rows_per_example)
+        result, sums = self._run(loss_fn, inputs, targets, rule, rows_per_example, bound_scales)
         for name, p in self._trainable().items():
             total = sums.get(name)
             if total is None:
@@ -153,7 +153,7 @@ class ClippingEngine:
         return _PER_LAYER["auto"]
 
     def _run(self, loss_fn, inputs, targets, clip, rows: int = 1,
-             example_weights: torch.Tensor | None = None) -> tuple[ClipResult, dict[str, torch.Tensor]]:
+             bound_scales: torch.Tensor | None = None) -> tuple[ClipResult, dict[str, torch.Tensor]]:
         _check_rows(rows, inputs.shape[0])
         whole_model = _WHOLE_MODEL.get(self.strategy) if isinstance(self.strategy, str) else None
         if whole_model is not None:
@@ -162,14 +162,14 @@ class ClippingEngine:
             return self._empty(inputs), {}
         if whole_model is not None:
             chunks = functools.partial(whole_model, rows_per_example=rows)
-            return self._run_streaming(chunks, loss_fn, inputs, targets, clip, example_weights)
+            return self._run_streaming(chunks, loss_fn, inputs, targets, clip, bound_scales)
         slots = self._layer_slots()
         plan_fns = [self._plan_fn(s) for s in slots]
         plans = self._plan_cache.setdefault((tuple(inputs.shape), inputs.dtype, str(inputs.device), rows), {})
         keep_graph = clip is not None and any(fn is ghost.plan for fn in plan_fns)
         budget = self.max_extra_bytes if any(fn is auto.plan for fn in plan_fns) else None
         return run_layerwise(self.model, slots, plan_fns, plans, loss_fn, inputs, targets, clip, keep_graph=keep_graph,
-                             rows_per_example=rows, max_extra_bytes=budget, example_weights=example_weights)
+                             rows_per_example=rows, max_extra_bytes=budget, bound_scales=bound_scales)
 
     def layer_plans(self) -> dict[tuple, dict[str, LayerPlan]]:
         """The cached decisions: (input shape, dtype, device, rows per example) -> layer path -> plan."""
@@ -187,7 +187,7 @@ class ClippingEngine:
         return ClipResult(empty, {n: empty for n in self._trainable()}, empty)
 
     def _run_streaming(self, chunks, loss_fn, inputs, targets, clip,
-                       example_weights: torch.Tensor | None = None) -> tuple[ClipResult, dict[str, torch.Tensor]]:
+                       bound_scales: torch.Tensor | None = None) -> tuple[ClipResult, dict[str, torch.Tensor]]:
         params = self._trainable()
         sums: dict[str, torch.Tensor] = {}
         norms, losses, sq_parts = [], [], []
@@ -197,8 +197,8 @@ class ClippingEngine:
             sq = {n: flat_sq_norm(g) for n, g in grads.items()}
             chunk_norms = torch.stack(list(sq.values())).sum(0).sqrt()
             if clip is not None:
-                chunk_weights = None if example_weights is None else example_weights[done:done + len(chunk_norms)]
-                weights = scale_by_example(clip.weights(sq, chunk_norms), chunk_weights)
+                chunk_scales = None if bound_scales is None else bound_scales[done:done + len(chunk_norms)]
+                weights = weights_with_bound_scales(clip, sq, chunk_norms, chunk_scales)
                 for n, g in grads.items():
                     s = weighted_example_sum(g, weights[n])
                     sums[n] = sums[n] + s if n in sums else s

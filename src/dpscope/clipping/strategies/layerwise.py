@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import torch
 
 from dpscope.clipping.capture import LayerCall, capture
-from dpscope.clipping.clip_rules import ClipRule, scale_by_example
+from dpscope.clipping.clip_rules import ClipRule, weights_with_bound_scales
 from dpscope.clipping.registry import Grads, LayerSlot
 from dpscope.clipping.result import ClipResult
 from dpscope.clipping.rules._common import flat_sq_norm, weighted_example_sum
@@ -172,9 +172,9 @@ def run_layerwise(
     keep_graph: bool,
     rows_per_example: int = 1,
     max_extra_bytes: MaxExtraBytes = None,
-    example_weights: torch.Tensor | None = None,
+    bound_scales: torch.Tensor | None = None,
 ) -> tuple[ClipResult, Sums]:
-    """Norms (and with a clip rule, sums of clipped gradients times `example_weights`) of one batch. `plans` caches decisions per slot;
+    """Norms (and with a clip rule, clipped sums, each example's bound scaled by `bound_scales`) of one batch. `plans` caches decisions per slot;
     when it is empty and `max_extra_bytes` is set, auto's decisions keep to that memory budget."""
     rows = rows_per_example
     budget = max_extra_bytes if not plans else None
@@ -194,7 +194,7 @@ def run_layerwise(
     result = ClipResult(norms, sq_norms, losses.detach().view(batch, rows).sum(1))
     if clip is None:
         return result, {}
-    weights = scale_by_example(clip.weights(sq_norms, norms), example_weights)
+    weights = weights_with_bound_scales(clip, sq_norms, norms, bound_scales)
     return result, _clipped_sums(slots, state, losses, weights, rows)
 
 
