@@ -40,6 +40,7 @@ def main() -> None:
     group.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), help="learning rate after the warm-up (Opacus too)")
     group.add_argument("--warmup-epochs", type=float, help="linear learning-rate warm-up (Opacus too)")
     group.add_argument("--freeze", help="comma-separated parameter name patterns kept at their random init (Opacus too)")
+    group.add_argument("--class-clip", help="clipping bound per class as fractions of C, largest 1, e.g. 1,0.35 (Opacus twins skipped)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (separate processes)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))
@@ -50,7 +51,7 @@ def main() -> None:
                      accountant=args.accountant, batch_size=args.batch_size, lr=args.lr,
                      momentum=args.momentum, max_grad_norm=args.max_grad_norm, epochs=args.epochs,
                      ema_decay=args.ema_decay, lr_schedule=args.lr_schedule,
-                     warmup_epochs=args.warmup_epochs, freeze=args.freeze,
+                     warmup_epochs=args.warmup_epochs, freeze=args.freeze, class_clip=args.class_clip,
                      threads=args.threads, jobs=args.jobs, json_path=args.json)
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ def test_bad_option_gives_one_line_and_exit_code_2(tmp_path) -> None:
                           (("--lr-schedule", "step"), "lr_schedule"),
                           (("--warmup-epochs", "-1"), "warmup_epochs"),
                           (("--warmup-epochs", "30"), "warmup_epochs"),
-                          (("--freeze", "fc,,conv"), "empty pattern")]:
+                          (("--freeze", "fc,,conv"), "empty pattern"),
+                          (("--class-clip", "1,2"), "(0, 1]")]:
         result = invoke("--dataset", "digits", "--out", str(tmp_path / "o"), *args)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output

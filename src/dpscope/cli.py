@@ -91,6 +91,7 @@ def bench_accuracy(
     lr_schedule: Annotated[Optional[str], typer.Option(help="override: constant, cosine or linear learning rate after the warm-up (private runs, Opacus too)")] = None,
     warmup_epochs: Annotated[Optional[float], typer.Option(help="override: linear learning-rate warm-up epochs (private runs, Opacus too)")] = None,
     freeze: Annotated[Optional[str], typer.Option(help="override: comma-separated parameter name patterns kept at their random init (private runs, Opacus too)")] = None,
+    class_clip: Annotated[Optional[str], typer.Option(help="override: clipping bound per class as fractions of C, largest 1, e.g. 1,0.35 (private runs; Opacus twins skipped)")] = None,
     threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
     jobs: Annotated[int, typer.Option(help="runs at a time (separate processes)")] = 1,
     out: Annotated[Path, typer.Option(help="runs go to OUT/runs (finished ones are reused)")] = Path("bench-out/accuracy"),
@@ -106,7 +107,7 @@ def bench_accuracy(
                      epsilon or [1.0, 3.0, 8.0], seed or [0, 1, 2], variant or list(DEFAULT_VARIANTS), out,
                      accountant=accountant, batch_size=batch_size, lr=lr, momentum=momentum,
                      max_grad_norm=max_grad_norm, epochs=epochs, ema_decay=ema_decay,
-                     lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, freeze=freeze,
+                     lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, freeze=freeze, class_clip=class_clip,
                      threads=threads, jobs=jobs, json_path=json_path, echo=typer.echo)
 
 
