@@ -71,6 +71,7 @@ def test_private_run_with_class_clip_accounts_the_same_epsilon(tmp_path):
         assert bounded[key] == plain[key], key
     config = json.loads((tmp_path / "bounded" / "config.json").read_text())["config"]
     assert config["class_clip"] == list(TEN)
+    assert bounded["class_clip"] == {str(digit): f for digit, f in enumerate(TEN)} and plain["class_clip"] is None
     assert bounded["test_loss"] != plain["test_loss"]
 
 

@@ -97,8 +97,10 @@ class PrivateTraining:
     """The loop's view of privacy: budget checks, epsilon spent, ledger and summary fields."""
 
     def __init__(self, plan: PrivacyPlan, optimizer: DPOptimizer, strategy: str,
-                 param_bounds: dict[str, float], augmenter: Any = None) -> None:
+                 param_bounds: dict[str, float], augmenter: Any = None,
+                 class_clip: ClassClip | None = None) -> None:
         self.plan = plan
+        self.class_clip = class_clip
         self.optimizer = optimizer
         self.strategy = strategy
         self._param_bounds = param_bounds  # per-layer clipping: parameter name -> bound
@@ -154,6 +156,8 @@ class PrivateTraining:
             "accountant": plan.accountant,
             "max_grad_norm": plan.max_grad_norm,
             "clip_kind": plan.clip_kind,
+            "class_clip": None if self.class_clip is None else dict(
+                zip(self.class_clip.class_names, self.class_clip.fractions)),
             "clipping_strategy": self.strategy,
             "sampling": plan.sampling,
             "secure_rng": plan.secure_rng,
@@ -204,12 +208,13 @@ def build_private_parts(config: RunConfig, dataset: Dataset, model: torch.nn.Mod
         momentum=config.momentum, weight_decay=config.weight_decay,
         seed=config.seed + NOISE_SEED_OFFSET,
     )
+    class_clip = build_class_clip(config, dataset)
     return TrainingParts(
         sampler=sampler,
         gradient_step=ClippedSumGradient(model, config.clipping, plan.clip_rule(),
-                                         config.physical_batch_size, augmenter, build_class_clip(config, dataset)),
+                                         config.physical_batch_size, augmenter, class_clip),
         optimizer=optimizer,
         privacy=PrivateTraining(plan, optimizer, config.clipping,
-                                _per_parameter_bounds(plan, model), augmenter),
+                                _per_parameter_bounds(plan, model), augmenter, class_clip),
         augmenter=augmenter,
     )
