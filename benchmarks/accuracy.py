@@ -40,7 +40,7 @@ def main() -> None:
     group.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), help="learning rate after the warm-up (Opacus too)")
     group.add_argument("--warmup-epochs", type=float, help="linear learning-rate warm-up (Opacus too)")
     group.add_argument("--freeze", help="comma-separated parameter name patterns kept at their random init (Opacus too)")
-    group.add_argument("--class-clip", help="clipping bound per class as fractions of C, largest 1, e.g. 1,0.35 (Opacus twins skipped)")
+    group.add_argument("--class-clip", help="clipping bound per class as fractions of C, largest 1, e.g. 1,0.35 (Opacus too)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (separate processes)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))

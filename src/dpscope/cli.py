@@ -91,7 +91,7 @@ def bench_accuracy(
     lr_schedule: Annotated[Optional[str], typer.Option(help="override: constant, cosine or linear learning rate after the warm-up (private runs, Opacus too)")] = None,
     warmup_epochs: Annotated[Optional[float], typer.Option(help="override: linear learning-rate warm-up epochs (private runs, Opacus too)")] = None,
     freeze: Annotated[Optional[str], typer.Option(help="override: comma-separated parameter name patterns kept at their random init (private runs, Opacus too)")] = None,
-    class_clip: Annotated[Optional[str], typer.Option(help="override: clipping bound per class as fractions of C, largest 1, e.g. 1,0.35 (private runs; Opacus twins skipped)")] = None,
+    class_clip: Annotated[Optional[str], typer.Option(help="override: clipping bound per class as fractions of C, largest 1, e.g. 1,0.35 (private runs, Opacus too)")] = None,
     threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
     jobs: Annotated[int, typer.Option(help="runs at a time (separate processes)")] = 1,
     out: Annotated[Path, typer.Option(help="runs go to OUT/runs (finished ones are reused)")] = Path("bench-out/accuracy"),

@@ -50,3 +50,29 @@ def available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def clip_per_example_bounds(optimizer, max_grad_norm: float, fractions) -> Callable[[torch.Tensor], None]:
+    """Make an Opacus DPOptimizer clip example i to fractions[y_i] * C, as dpscope's --class-clip
+    does; returns `set_targets`, to call with each batch's labels before `optimizer.step()`.
+
+    Opacus has no per-example bounds, but its clipping divides `max_grad_norm` by the per-sample
+    norms, so a (B,) tensor there clips each example to its own bound. It is set for the clipping
+    only: the noise keeps reading the scalar C, the sensitivity.
+    """
+    table = torch.as_tensor(tuple(fractions), dtype=torch.float64) * max_grad_norm
+    clip_scalar = optimizer.clip_and_accumulate
+    bounds: list[torch.Tensor] = []
+
+    def clip_with_bounds() -> None:
+        optimizer.max_grad_norm = bounds[-1]
+        try:
+            clip_scalar()
+        finally:
+            optimizer.max_grad_norm = max_grad_norm
+
+    def set_targets(targets: torch.Tensor) -> None:
+        bounds[:] = [table[targets].float()]
+
+    optimizer.clip_and_accumulate = clip_with_bounds
+    return set_targets

@@ -382,14 +382,14 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     from torch.utils.data import DataLoader, TensorDataset
 
     from dpscope.averaging import WeightAverage
+    from dpscope.bench._opacus import clip_per_example_bounds
     from dpscope.data import load_dataset
     from dpscope.metrics import classification_metrics, predict
     from dpscope.models import build_model, freeze_parameters
     from dpscope.train import build_lr_schedule
 
-    if spec.epsilon is None or spec.recipe.augment is not None or spec.recipe.class_clip:
-        raise ConfigError("the opacus variant is private, unaugmented and without per-class "
-                          "clipping bounds only")
+    if spec.epsilon is None or spec.recipe.augment is not None:
+        raise ConfigError("the opacus variant is private and unaugmented only")
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     r = spec.recipe
@@ -406,6 +406,9 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         module=model, optimizer=torch.optim.SGD(trainable, lr=r.lr, momentum=r.momentum),
         data_loader=loader, target_epsilon=spec.epsilon, target_delta=spec.delta, epochs=r.epochs,
         max_grad_norm=r.max_grad_norm, poisson_sampling=True)
+    # the same per-class clipping bounds as dpscope's run, if any
+    set_targets = (None if r.class_clip is None
+                   else clip_per_example_bounds(optimizer, r.max_grad_norm, r.class_clip))
     # the same schedule as dpscope's runs, by step (Opacus's loader has 1/q batches an epoch)
     schedule = build_lr_schedule(make_run_config(epochs=r.epochs, lr_schedule=r.lr_schedule,
                                                  warmup_epochs=r.warmup_epochs), len(loader))
@@ -425,6 +428,8 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         for epoch in range(r.epochs):
             model.train()
             for inputs, targets in loader:
+                if set_targets is not None:
+                    set_targets(targets)
                 optimizer.zero_grad(set_to_none=True)
                 F.cross_entropy(model(inputs), targets).backward()
                 lr_used = optimizer.param_groups[0]["lr"]
@@ -670,9 +675,6 @@ def run_accuracy_benchmark(specs: Sequence[RunSpec], out_dir: Path, *, jobs: int
     if any(s.variant == "opacus" for s in specs) and not _opacus_available():
         echo("opacus is not installed: its runs are skipped (pip install opacus)")
         specs = [s for s in specs if s.variant != "opacus"]
-    if any(s.variant == "opacus" and s.recipe.class_clip for s in specs):
-        echo("Opacus has no per-class clipping bounds: the Opacus twins of class-clip recipes are skipped")
-        specs = [s for s in specs if not (s.variant == "opacus" and s.recipe.class_clip)]
     threads = max((s.threads for s in specs), default=1)
     env = environment(threads, jobs)
     echo(f"torch {env['torch']}, opacus {env['opacus']}, {jobs} run(s) at a time x {threads} "

@@ -1,0 +1,49 @@
+"""The Opacus twin's per-class clipping bounds equal dpscope's (benchmark extra: needs opacus)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dpscope import clipping
+from dpscope.bench._opacus import clip_per_example_bounds
+
+opacus = pytest.importorskip("opacus")
+
+
+def test_opacus_with_per_class_bounds_releases_dpscopes_clipped_sum() -> None:
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.GroupNorm(1, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 6 * 6, 2))
+    x, y = torch.randn(10, 1, 8, 8), torch.tensor([0, 1] * 5)
+    fractions, bound = (1.0, 0.3), 0.05
+
+    ours = copy.deepcopy(model)
+    clipping.ClippingEngine(ours, "auto").clipped_grad_sum(
+        lambda out, t: F.cross_entropy(out, t, reduction="none"), x, y, bound,
+        bound_scales=torch.tensor(fractions)[y])
+    want = torch.cat([p.grad.flatten() for p in ours.parameters()])
+
+    module = GradSampleModule(copy.deepcopy(model), loss_reduction="sum")
+    before = torch.cat([p.detach().flatten() for p in module.parameters()])
+    optimizer = DPOptimizer(torch.optim.SGD(module.parameters(), lr=1.0), noise_multiplier=0.0,
+                            max_grad_norm=bound, expected_batch_size=1, loss_reduction="sum")
+    set_targets = clip_per_example_bounds(optimizer, bound, fractions)
+    set_targets(y)
+    F.cross_entropy(module(x), y, reduction="sum").backward()
+    optimizer.step()
+    after = torch.cat([p.detach().flatten() for p in module.parameters()])
+    torch.testing.assert_close(before - after, want, rtol=1e-4, atol=1e-6)
+    assert optimizer.max_grad_norm == bound  # the noise still reads the scalar C
+
+
+    flat = copy.deepcopy(model)
+    clipping.ClippingEngine(flat, "auto").clipped_grad_sum(
+        lambda out, t: F.cross_entropy(out, t, reduction="none"), x, y, bound)
+    assert not torch.allclose(torch.cat([p.grad.flatten() for p in flat.parameters()]), want)  # bounds bind
