@@ -178,6 +178,10 @@ TUNING: tuple[str, ...] = (
     "pneumonia f C; seeds 0-1, final-epoch val acc; grid fixed before the runs): none "
     ".958/.954 (mean .956), f 0.35 .950/.947, f 0.5 .958/.952, f 0.7 .960/.958 (mean .959, "
     "chosen; the margin is about 1.5 validation images)",
+    "pneumoniamnist cnn eps 1 and 3, per-class clipping bounds (their recipes, seeds 0-1, final-"
+    "epoch val acc, 1 thread): eps 1 none .926/.941 (mean .933), f 0.5 .908/.924, f 0.7 "
+    ".922/.937; eps 3 none .945/.949 (mean .947), f 0.5 .941/.933, f 0.7 .950/.943 (mean .947, "
+    "a tie) -> neither changed",
     "resnet20 eps 1, session 6 (lr 4, EMA 0.95, 20 ep, seed 0 unless said, final-epoch val "
     "acc): logit adjustment (Menon et al. 2021, prior .26/.74) seeds 0-1 stopped at epoch 8 at "
     "the majority class; with GroupNorm scale/shift and classifier frozen too .742/.742 (AUC "
@@ -195,8 +199,8 @@ TUNING: tuple[str, ...] = (
     "classes (stage 3 frozen, seeds 0-1 .828/.725, last-5 means .787/.511)",
     "privacy: each run's epsilon covers that run only. Selecting among k private runs on the same "
     "data is not covered; without a tuning-aware analysis the whole procedure is only bounded by "
-    "composition (pneumoniamnist cnn: 25 runs at eps 8 + 11 augmented + 6 with class bounds, 4 "
-    "at eps 1; resnet20: 3 finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the "
+    "composition (pneumoniamnist cnn: 25 runs at eps 8 + 11 augmented + 6 with class bounds, 10 "
+    "at eps 1, 6 at eps 3; resnet20: 3 finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the "
     "choice, 13 at eps 1 plus 4 stopped before session 6, which added 9 finished and 4 stopped; "
     "digits: 18 at eps 1)",
 )
