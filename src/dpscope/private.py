@@ -58,9 +58,10 @@ class ClippedSumGradient:
     """
 
     def __init__(self, model: torch.nn.Module, strategy: str, clip_rule: Any,
-                 physical_batch_size: int | None, augmenter: Any = None, class_clip: Any = None) -> None:
+                 physical_batch_size: int | None, augmenter: Any = None,
+                 class_clip: ClassClip | None = None) -> None:
         self.model = model
-        self.class_clip = class_clip  # dpscope.class_clip.ClassClip: a bound per class, at most C
+        self.class_clip = class_clip  # a bound per class, at most C
         self.engine = clipping.ClippingEngine(model, strategy=strategy)
         self.clip_rule = clip_rule
         self.physical_batch_size = physical_batch_size

@@ -23,7 +23,6 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from dpscope.averaging import WeightAverage
 from dpscope.callbacks import Callback, LoopState, StepReport
-from dpscope.class_clip import ClassClip
 from dpscope.config import RunConfig
 from dpscope.data import Dataset, load_dataset
 from dpscope.data.augment import BatchAugmenter
@@ -268,6 +267,8 @@ def _describe(config: RunConfig, prepared: PreparedData, parts: TrainingParts) -
             f"{len(dataset.test)} test), model {config.model}, {config.epochs} epochs")
     if parts.privacy is not None:
         text += "\n" + parts.privacy.describe()
+        if parts.privacy.class_clip is not None:
+            text += "\n" + parts.privacy.class_clip.describe(config.max_grad_norm)
     else:
         text += ", non-private"
     if parts.augmenter is not None:
@@ -276,8 +277,6 @@ def _describe(config: RunConfig, prepared: PreparedData, parts: TrainingParts) -
         text += "\n" + parts.weight_average.describe()
     if parts.lr_scheduler is not None:
         text += "\n" + parts.lr_schedule.describe(config.lr)
-    if config.class_clip is not None:
-        text += "\n" + ClassClip(config.class_clip, dataset.class_names).describe(config.max_grad_norm)
     if "imbalance" in prepared.records:
         record = prepared.records["imbalance"]
         text += (f"\nimbalance: {record['minority_group']} is "
