@@ -26,3 +26,19 @@ def whole_and_resumed(options: dict, tmp_path) -> tuple[dict, dict]:
     with pytest.raises(KeyboardInterrupt):
         train(make_run_config(**options), run_dir=tmp_path / "cut", callbacks=[CrashAtEpoch(1)])
     return whole, resume(tmp_path / "cut")
+
+
+def assert_train_refuses(tmp_path, options: list[str], message: str, *, epochs: int = 1) -> None:
+    """`dpscope train` (mlp on digits, quiet) with `options` exits with code 2 and one line that
+    holds `message`, no traceback, and leaves no run folder behind."""
+    from typer.testing import CliRunner
+
+    from dpscope.cli import app
+
+    out = tmp_path / "refused"
+    result = CliRunner().invoke(app, ["train", "--model", "mlp", "--epochs", str(epochs), "-q", *options,
+                                      "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()

@@ -16,7 +16,7 @@ from dpscope.config import make_run_config
 from dpscope.errors import ConfigError
 from dpscope.optim.schedule import LRSchedule
 from dpscope.train import train
-from loop_helpers import whole_and_resumed
+from loop_helpers import assert_train_refuses, whole_and_resumed
 
 PRIVATE = dict(dataset="digits", model="mlp", epochs=3, batch_size=256, lr=0.5, momentum=0.0,
                threads=1, epsilon=2.0, max_grad_norm=1.0)
@@ -120,11 +120,7 @@ def test_warm_up_longer_than_the_run_is_refused_at_start(tmp_path):
                                             (["--warmup-epochs", "-1"], "warmup_epochs"),
                                             (["--lr-schedule", "step"], "lr_schedule")])
 def test_cli_bad_schedule_gives_one_line_and_exit_2(tmp_path, options, field):
-    result = CliRunner().invoke(app, ["train", "--model", "mlp", "--epochs", "2", "-q", *options,
-                                      "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2, result.output
-    assert field in result.output and len(result.output.strip().splitlines()) == 1
-    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+    assert_train_refuses(tmp_path, options, field, epochs=2)
 
 
 def test_cli_prints_the_schedule(tmp_path):

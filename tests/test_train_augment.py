@@ -4,13 +4,11 @@ statement says so, resume continues the augmentation stream, bad options are ref
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
-from dpscope.cli import app
 from dpscope.config import make_run_config
 from dpscope.errors import ConfigError
 from dpscope.train import train
-from loop_helpers import whole_and_resumed
+from loop_helpers import assert_train_refuses, whole_and_resumed
 
 PRIVATE = dict(dataset="digits", model="mlp", epochs=2, batch_size=256, lr=0.5, momentum=0.0,
                threads=1, epsilon=2.0, max_grad_norm=1.0)
@@ -54,10 +52,7 @@ def test_copies_without_augmentation_are_refused(tmp_path):
                                            (["--augment-multiplicity", "2"], "needs augment"),
                                            (["--augment", "crop", "--augment-multiplicity", "0"], "augment_multiplicity")])
 def test_cli_bad_augment_options_give_one_line_and_exit_2(tmp_path, args, message):
-    result = CliRunner().invoke(app, ["train", "--model", "mlp", "--epochs", "1", "-q",
-                                      "--out", str(tmp_path / "r"), *args])
-    assert result.exit_code == 2, result.output
-    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert_train_refuses(tmp_path, args, message)
 
 
 def test_config_keeps_the_canonical_augment_spec():

@@ -15,7 +15,7 @@ from dpscope.data import load_dataset
 from dpscope.metrics import classification_metrics, predict
 from dpscope.models import build_model
 from dpscope.train import train
-from loop_helpers import whole_and_resumed
+from loop_helpers import assert_train_refuses, whole_and_resumed
 
 PRIVATE = dict(dataset="digits", model="mlp", epochs=2, batch_size=256, lr=0.5, momentum=0.0,
                threads=1, epsilon=2.0, max_grad_norm=1.0)
@@ -104,11 +104,7 @@ def test_resume_continues_the_average(tmp_path):
 
 @pytest.mark.parametrize("value", ["0", "1", "1.5"])
 def test_cli_bad_ema_decay_gives_one_line_and_exit_2(tmp_path, value):
-    result = CliRunner().invoke(app, ["train", "--model", "mlp", "--epochs", "1", "-q",
-                                      "--ema-decay", value, "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2, result.output
-    assert "ema_decay" in result.output and len(result.output.strip().splitlines()) == 1
-    assert not (tmp_path / "r").exists()
+    assert_train_refuses(tmp_path, ["--ema-decay", value], "ema_decay")
 
 
 def test_cli_final_line_names_the_evaluated_weights(tmp_path):

@@ -60,19 +60,20 @@ def clip_per_example_bounds(optimizer, max_grad_norm: float, fractions) -> Calla
     norms, so a (B,) tensor there clips each example to its own bound. It is set for the clipping
     only: the noise keeps reading the scalar C, the sensitivity.
     """
-    table = torch.as_tensor(tuple(fractions), dtype=torch.float64) * max_grad_norm
+    table = (torch.as_tensor(tuple(fractions), dtype=torch.float64) * max_grad_norm).float()
     clip_scalar = optimizer.clip_and_accumulate
-    bounds: list[torch.Tensor] = []
+    bounds = table.new_empty(0)
 
     def clip_with_bounds() -> None:
-        optimizer.max_grad_norm = bounds[-1]
+        optimizer.max_grad_norm = bounds
         try:
             clip_scalar()
         finally:
             optimizer.max_grad_norm = max_grad_norm
 
     def set_targets(targets: torch.Tensor) -> None:
-        bounds[:] = [table[targets].float()]
+        nonlocal bounds
+        bounds = table[targets]
 
     optimizer.clip_and_accumulate = clip_with_bounds
     return set_targets

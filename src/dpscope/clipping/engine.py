@@ -117,8 +117,6 @@ class ClippingEngine:
         the pull of a majority class; the sensitivity stays the rule's).
         """
         rule = as_clip_rule(clip)
-        _check_rows(rows_per_example, inputs.shape[0])
-        check_bound_scales(bound_scales, inputs.shape[0] // rows_per_example)
         result, sums = self._run(loss_fn, inputs, targets, rule, rows_per_example, bound_scales)
         for name, p in self._trainable().items():
             total = sums.get(name)
@@ -155,6 +153,7 @@ class ClippingEngine:
     def _run(self, loss_fn, inputs, targets, clip, rows: int = 1,
              bound_scales: torch.Tensor | None = None) -> tuple[ClipResult, dict[str, torch.Tensor]]:
         _check_rows(rows, inputs.shape[0])
+        check_bound_scales(bound_scales, inputs.shape[0] // rows)
         whole_model = _WHOLE_MODEL.get(self.strategy) if isinstance(self.strategy, str) else None
         if whole_model is not None:
             self._bn_check()
