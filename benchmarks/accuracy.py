@@ -43,6 +43,7 @@ def main() -> None:
     group.add_argument("--class-clip", help="clipping bound per class as fractions of C, largest 1, e.g. 1,0.35 (Opacus too)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (separate processes)")
+    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))
     parser.add_argument("--json", type=Path, default=None, help="default: OUT/accuracy.json")
     args = parser.parse_args()
@@ -52,7 +53,7 @@ def main() -> None:
                      momentum=args.momentum, max_grad_norm=args.max_grad_norm, epochs=args.epochs,
                      ema_decay=args.ema_decay, lr_schedule=args.lr_schedule,
                      warmup_epochs=args.warmup_epochs, freeze=args.freeze, class_clip=args.class_clip,
-                     threads=args.threads, jobs=args.jobs, json_path=args.json)
+                     threads=args.threads, jobs=args.jobs, device=args.device, json_path=args.json)
 
 if __name__ == "__main__":
     main()

@@ -29,12 +29,13 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cpu-time", action="store_true", help="time by process CPU time (use with --threads 1 on a busy machine)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (GPU steps are synchronised before the clock stops)")
     parser.add_argument("--json", default=None, help="write the full record here")
     args = parser.parse_args()
     run_clipping_benchmark(
         args.case or DEFAULT_CASES, args.variant or VARIANTS, repeats=args.repeats, warmup=args.warmup,
         naive_max_batch=args.naive_max_batch, memory=not args.no_memory, threads=args.threads,
-        cpu_time=args.cpu_time, json_path=args.json,
+        cpu_time=args.cpu_time, device=args.device, json_path=args.json,
     )
 
 

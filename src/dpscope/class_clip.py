@@ -60,8 +60,8 @@ class ClassClip:
         self._table = torch.tensor(self.fractions)
 
     def of(self, targets: torch.Tensor) -> torch.Tensor:
-        """(B,) bound fraction of each example's class."""
-        return self._table[targets.to(self._table.device)]
+        """(B,) bound fraction of each example's class, on the targets' device."""
+        return self._table.to(targets.device)[targets]
 
     def describe(self, max_grad_norm: float) -> str:
         bounds = ", ".join(f"{name}: {f * max_grad_norm:g}" for name, f in zip(self.class_names, self.fractions))

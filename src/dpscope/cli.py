@@ -53,6 +53,7 @@ def bench_clipping(
     threads: Annotated[int, typer.Option(help="torch threads")] = 2,
     cpu_time: Annotated[bool, typer.Option("--cpu-time", help="time by process CPU time (for a busy machine, with --threads 1)")] = False,
     no_memory: Annotated[bool, typer.Option("--no-memory", help="skip the per-variant memory measurement")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (GPU steps are synchronised before the clock stops)")] = "cpu",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the full record here")] = None,
 ) -> None:
     """Per-step time and peak memory of every clipping strategy against non-private training."""
@@ -69,7 +70,7 @@ def bench_clipping(
     if unknown:
         raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     run_clipping_benchmark(cases, tuple(variant) if variant else VARIANTS, repeats=repeats,
-                           threads=threads, cpu_time=cpu_time, memory=not no_memory,
+                           threads=threads, cpu_time=cpu_time, memory=not no_memory, device=device,
                            json_path=str(json_path) if json_path else None)
 
 
@@ -94,6 +95,7 @@ def bench_accuracy(
     class_clip: Annotated[Optional[str], typer.Option(help="override: clipping bound per class as fractions of C, largest 1, e.g. 1,0.35 (private runs, Opacus too)")] = None,
     threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
     jobs: Annotated[int, typer.Option(help="runs at a time (separate processes)")] = 1,
+    device: Annotated[str, typer.Option(help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N")] = "auto",
     out: Annotated[Path, typer.Option(help="runs go to OUT/runs (finished ones are reused)")] = Path("bench-out/accuracy"),
     json_path: Annotated[Optional[Path], typer.Option("--json", help="full record (default OUT/accuracy.json)")] = None,
 ) -> None:
@@ -108,7 +110,7 @@ def bench_accuracy(
                      accountant=accountant, batch_size=batch_size, lr=lr, momentum=momentum,
                      max_grad_norm=max_grad_norm, epochs=epochs, ema_decay=ema_decay,
                      lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, freeze=freeze, class_clip=class_clip,
-                     threads=threads, jobs=jobs, json_path=json_path, echo=typer.echo)
+                     threads=threads, jobs=jobs, device=device, json_path=json_path, echo=typer.echo)
 
 
 def _given(**options) -> dict:
@@ -131,6 +133,7 @@ def train(
     warmup_epochs: Annotated[Optional[float], typer.Option(help="linear learning-rate warm-up over this many epochs (fractions allowed)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed for data split, init, sampling and noise")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads (default: all cores)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N")] = None,
     epsilon: Annotated[Optional[float], typer.Option(help="train privately to this epsilon (noise calibrated)")] = None,
     delta: Annotated[Optional[float], typer.Option(help="privacy delta (default min(1e-5, 1/(10 N)))")] = None,
     noise_multiplier: Annotated[Optional[float], typer.Option(help="train privately with this noise multiplier instead of a target epsilon")] = None,
@@ -167,7 +170,7 @@ def train(
     options = _given(
         dataset=dataset, data_dir=data_dir, model=model, epochs=epochs, batch_size=batch_size,
         lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
-        lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, seed=seed, threads=threads, epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier,
+        lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, seed=seed, threads=threads, device=device, epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm, clipping=clipping, accountant=accountant,
         physical_batch_size=physical_batch_size, secure_rng=secure_rng,
         clip_per_layer=clip_per_layer, auto_clip=auto_clip, augment=augment,

@@ -47,6 +47,8 @@ class RunConfig(BaseModel):
         "fractional)")
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
+    device: str = Field("auto", description="auto (a CUDA GPU when torch sees one, else the CPU), "
+                        "cpu, cuda, cuda:N or mps (dpscope.device)")
     # augmentation of training batches (dpscope.data.augment), private or not
     augment: str | None = Field(None, description='"crop", "crop,flip" or "crop:2,flip" (crop padding in px, '
                                 'default 4): random augmentations of training images')
@@ -154,6 +156,16 @@ class RunConfig(BaseModel):
         from dpscope.class_clip import check_class_clip
 
         return None if fractions is None else check_class_clip(fractions)
+
+    @field_validator("device")
+    @classmethod
+    def _device_spec_parses(cls, spec: str) -> str:
+        from dpscope.device import check_device_spec
+
+        try:
+            return check_device_spec(spec)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
 
     @field_validator("perturb")
     @classmethod

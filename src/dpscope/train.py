@@ -10,6 +10,7 @@ checkpoint with the same sampler position, optimiser state, random state and pri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import resource
@@ -27,6 +28,7 @@ from dpscope.config import RunConfig
 from dpscope.data import Dataset, load_dataset
 from dpscope.data.augment import BatchAugmenter
 from dpscope.data.poisson import ShuffledBatchSampler
+from dpscope.device import describe_device, peak_memory_mb, reset_peak_memory, resolve_device
 from dpscope.dataset_prep import PreparedData, fairness_entry, prepare_dataset
 from dpscope.metrics import classification_metrics, predict
 from dpscope.models import build_model
@@ -147,11 +149,15 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
+    device = resolve_device(config.device)
     prepared = prepare_dataset(
         config, load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed))
+    prepared = dataclasses.replace(prepared, dataset=prepared.dataset.to(device))
     dataset = prepared.dataset
-    model = build_model(config.model, in_channels=dataset.in_channels,
-                        image_size=dataset.image_size, num_classes=dataset.num_classes)
+    model = build_model(config.model, in_channels=dataset.in_channels,  # drawn on the CPU: the
+                        image_size=dataset.image_size,  # same initial weights on every device
+                        num_classes=dataset.num_classes).to(device)
+    reset_peak_memory(device)
     frozen = freeze_parameters(model, config.freeze)
     parts = build_training_parts(config, dataset, model)
     if config.ema_decay is not None:
@@ -167,7 +173,7 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
     else:
         folder.write_config(config)
 
-    plan = _describe(config, prepared, parts)
+    plan = _describe(config, prepared, parts) + f"\ndevice: {describe_device(device)}"
     if frozen:
         plan += "\n" + describe_frozen(model, frozen)
     reporter.start(config, folder.path, plan)
@@ -191,7 +197,7 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
         reporter.epoch_end(record)
 
     summary = _summary(config, prepared, model, parts, state,
-                       seconds_before + time.perf_counter() - started, stopped_early)
+                       seconds_before + time.perf_counter() - started, stopped_early, device)
     for callback in all_callbacks:
         callback.on_train_end(state, summary)
     folder.write_summary(summary)
@@ -297,6 +303,7 @@ def _checkpoint(folder: RunFolder, state: LoopState, parts: TrainingParts,
         "optimizer": parts.optimizer.state_dict(),
         "sampler": parts.sampler.state_dict(),
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         "privacy": parts.privacy.state_dict() if parts.privacy is not None else None,
         "augment": parts.augmenter.state_dict() if parts.augmenter is not None else None,
         "weight_average": (parts.weight_average.state_dict()
@@ -316,6 +323,9 @@ def _restore(folder: RunFolder, state: LoopState, parts: TrainingParts,
     parts.optimizer.load_state_dict(checkpoint["optimizer"])
     parts.sampler.load_state_dict(checkpoint["sampler"])
     torch.set_rng_state(checkpoint["torch_rng"])
+    cuda_rng = checkpoint.get("cuda_rng")
+    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_rng)
     if parts.privacy is not None:
         parts.privacy.load_state_dict(checkpoint["privacy"])
     if parts.augmenter is not None:
@@ -329,15 +339,17 @@ def _restore(folder: RunFolder, state: LoopState, parts: TrainingParts,
     return float(checkpoint["seconds"])
 
 
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of the device the run trained on (the process's peak RSS on the CPU)."""
+    on_device = peak_memory_mb(device)
+    if on_device is not None:
+        return on_device
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _summary(config: RunConfig, prepared: PreparedData, model: torch.nn.Module,
              parts: TrainingParts, state: LoopState, seconds: float,
-             stopped_early: str | None) -> dict[str, Any]:
+             stopped_early: str | None, device: torch.device) -> dict[str, Any]:
     dataset = prepared.dataset
     test_images = dataset.normalize(dataset.test.images)
     logits = predict(parts.evaluated_model(model), test_images)
@@ -352,7 +364,8 @@ def _summary(config: RunConfig, prepared: PreparedData, model: torch.nn.Module,
         "per_class_accuracy": test["per_class_accuracy"],
         "class_names": list(dataset.class_names),
         "seconds": seconds,
-        "peak_memory_mb": _peak_memory_mb(),
+        "peak_memory_mb": _peak_memory_mb(device),
+        "device": describe_device(device),
         "epochs": state.epoch,
         "steps": state.step,
         "seed": config.seed,

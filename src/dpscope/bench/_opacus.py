@@ -73,7 +73,7 @@ def clip_per_example_bounds(optimizer, max_grad_norm: float, fractions) -> Calla
 
     def set_targets(targets: torch.Tensor) -> None:
         nonlocal bounds
-        bounds = table[targets]
+        bounds = table.to(targets.device)[targets]
 
     optimizer.clip_and_accumulate = clip_with_bounds
     return set_targets

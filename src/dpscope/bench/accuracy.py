@@ -39,6 +39,7 @@ import torch
 
 from dpscope.class_clip import parse_class_clip
 from dpscope.config import make_run_config
+from dpscope.device import describe_device, resolve_device
 from dpscope.errors import ConfigError
 from dpscope.io import write_json_atomic
 from dpscope.models.freeze import parse_freeze_patterns
@@ -266,6 +267,7 @@ class RunSpec:
     delta: float = DELTA
     accountant: str = "pld"
     threads: int = 1
+    device: str = "auto"  # dpscope.device; not in the name: a run reads back wherever it ran
 
     @property
     def name(self) -> str:
@@ -283,8 +285,8 @@ class RunSpec:
 
 def plan_grid(datasets: Sequence[str], models: Sequence[str], epsilons: Sequence[float],
               seeds: Sequence[int], variants: Sequence[str], *, accountant: str = "pld",
-              threads: int = 1, private_changes: dict[str, Any] | None = None,
-              nonprivate_changes: dict[str, Any] | None = None) -> list[RunSpec]:
+              threads: int = 1, device: str = "auto",
+              private_changes: dict[str, Any] | None = None, nonprivate_changes: dict[str, Any] | None = None) -> list[RunSpec]:
     """Every run of the grid, a dpscope run next to its Opacus twin (so they share load alike).
 
     Recipes are the tuned ones with `private_changes` / `nonprivate_changes` (Recipe fields)
@@ -302,12 +304,12 @@ def plan_grid(datasets: Sequence[str], models: Sequence[str], epsilons: Sequence
                     if v in variants:
                         recipe = with_augmult(public, dataset) if v.endswith("_augmult") else public
                         specs.append(RunSpec(dataset, model, v, None, seed, recipe,
-                                             accountant=accountant, threads=threads))
+                                             accountant=accountant, threads=threads, device=device))
                 for epsilon in map(float, epsilons):
                     private = private_recipe(dataset, epsilon, model, **(private_changes or {}))
                     specs += [RunSpec(dataset, model, v, epsilon, seed,
                                       with_augmult(private, dataset) if v.endswith("_augmult") else private,
-                                      accountant=accountant, threads=threads)
+                                      accountant=accountant, threads=threads, device=device)
                               for v in ("dpscope", "opacus", "dpscope_augmult") if v in variants]
     return specs
 
@@ -363,6 +365,7 @@ def _train_dpscope(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     config = make_run_config(dataset=spec.dataset, model=spec.model, epochs=r.epochs,
                              batch_size=r.batch_size, lr=r.lr, momentum=r.momentum,
                              optimizer="sgd", seed=spec.seed, threads=spec.threads,
+                             device=spec.device,
                              augment=r.augment, augment_multiplicity=r.augment_multiplicity,
                              ema_decay=r.averaging, lr_schedule=r.lr_schedule,
                              warmup_epochs=r.warmup_epochs, freeze=r.freeze,
@@ -400,10 +403,11 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     r = spec.recipe
+    device = resolve_device(spec.device)
     torch.manual_seed(spec.seed)
     dataset = load_dataset(spec.dataset, seed=spec.seed)
     model = build_model(spec.model, in_channels=dataset.in_channels,
-                        image_size=dataset.image_size, num_classes=dataset.num_classes)
+                        image_size=dataset.image_size, num_classes=dataset.num_classes).to(device)
     freeze_parameters(model, r.freeze)  # the same frozen layers as dpscope's run
     trainable = [p for p in model.parameters() if p.requires_grad]
     images = dataset.normalize(dataset.train.images)
@@ -423,18 +427,22 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     # the same EMA as dpscope's runs, kept on a clean copy of the model (no Opacus hooks)
     average = None if r.averaging is None else WeightAverage(
         build_model(spec.model, in_channels=dataset.in_channels, image_size=dataset.image_size,
-                    num_classes=dataset.num_classes), r.averaging)
+                    num_classes=dataset.num_classes).to(device), r.averaging)
+    evaluation = dataset.to(device)  # as dpscope's runs evaluate: whole splits on the device
 
-    def evaluate(split) -> dict[str, Any]:
+    def evaluate(split_name: str) -> dict[str, Any]:
         evaluated = model if average is None else average.module
-        logits = predict(evaluated, dataset.normalize(split.images))
+        split = getattr(evaluation, split_name)
+        logits = predict(evaluated, evaluation.normalize(split.images))
         return classification_metrics(logits, split.labels, dataset.num_classes)
 
     started, steps = time.perf_counter(), 0
     with open(run_dir / "metrics.jsonl", "w") as metrics_file:
         for epoch in range(r.epochs):
             model.train()
-            for inputs, targets in loader:
+            for inputs, targets in loader:  # Opacus's usual way: batches from host memory
+                inputs = inputs.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
                 if set_targets is not None:
                     set_targets(targets)
                 optimizer.zero_grad(set_to_none=True)
@@ -446,12 +454,12 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
                 if average is not None:
                     average.update(model._module)
                 steps += 1
-            val = evaluate(dataset.val)
+            val = evaluate("val")
             record = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_auc": val["auc"],
                       "lr": lr_used, "seconds": time.perf_counter() - started}
             metrics_file.write(json.dumps(record) + "\n")
     seconds = time.perf_counter() - started
-    test = evaluate(dataset.test)
+    test = evaluate("test")
     summary = {
         "dataset": dataset.name, "model": spec.model, "test_accuracy": test["accuracy"],
         "test_auc": test["auc"], "seconds": seconds, "steps": steps, "seed": spec.seed,
@@ -459,7 +467,7 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         "noise_multiplier": float(optimizer.noise_multiplier),
         "sample_rate": float(loader.sample_rate), "privacy_steps": steps,
         "accountant": OPACUS_ACCOUNTANT[spec.accountant], "max_grad_norm": r.max_grad_norm,
-        "opacus_grad_sample_mode": "hooks",
+        "opacus_grad_sample_mode": "hooks", "device": describe_device(device),
     }
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
@@ -481,7 +489,7 @@ def _row(spec: RunSpec, summary: dict[str, Any], last: dict[str, Any], loads: di
         "accountant": summary.get("accountant"),
         "noise_multiplier": summary.get("noise_multiplier"),
         "sample_rate": summary.get("sample_rate"), "steps": summary.get("steps"),
-        "reused": reused,
+        "device": summary.get("device"), "reused": reused,
         "load_before": None if load_before is None else list(load_before),
         "load_after": None if load_after is None else list(load_after),
         "trained_in": loads.get("invocation"),
@@ -658,7 +666,7 @@ def format_checks(checks: Sequence[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------- entry point
 
 
-def environment(threads: int, jobs: int) -> dict[str, Any]:
+def environment(threads: int, jobs: int, device: str = "auto") -> dict[str, Any]:
     from dpscope.run_folder import code_version
 
     try:
@@ -669,6 +677,7 @@ def environment(threads: int, jobs: int) -> dict[str, Any]:
     return {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()},
+        "device": describe_device(resolve_device(device)),
         "threads_per_run": threads, "parallel_runs": jobs, "torch": torch.__version__,
         "opacus": opacus_version, "python": platform.python_version(), "code_version": code_version(),
         "command": sys.argv,
@@ -683,9 +692,9 @@ def run_accuracy_benchmark(specs: Sequence[RunSpec], out_dir: Path, *, jobs: int
         echo("opacus is not installed: its runs are skipped (pip install opacus)")
         specs = [s for s in specs if s.variant != "opacus"]
     threads = max((s.threads for s in specs), default=1)
-    env = environment(threads, jobs)
+    env = environment(threads, jobs, specs[0].device if specs else "auto")
     echo(f"torch {env['torch']}, opacus {env['opacus']}, {jobs} run(s) at a time x {threads} "
-         f"thread(s), {env['machine']['platform']}, load {os.getloadavg()}, code {env['code_version']}")
+         f"thread(s) on {env['device']}, {env['machine']['platform']}, load {os.getloadavg()}, code {env['code_version']}")
     started = time.perf_counter()
     rows = run_grid(specs, out_dir, jobs=jobs, echo=echo)
     groups = aggregate(rows)
@@ -710,7 +719,8 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
                      max_grad_norm: float | None = None, epochs: int | None = None,
                      ema_decay: float | None = None, lr_schedule: str | None = None,
                      warmup_epochs: float | None = None, freeze: str | None = None,
-                     class_clip: str | None = None, threads: int = 1, jobs: int = 1, json_path: Path | None = None,
+                     class_clip: str | None = None, threads: int = 1, jobs: int = 1,
+                     device: str = "auto", json_path: Path | None = None,
                      echo: Callable[[str], None] = print) -> dict[str, Any]:
     """The benchmark as `benchmarks/accuracy.py` and `dpscope bench accuracy` run it: the tuned
     recipes with the given overrides (epochs applies to private and non-private runs alike)."""
@@ -725,12 +735,13 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
     if warmup_epochs is not None and warmup_epochs < 0:
         raise ConfigError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
     parse_freeze_patterns(freeze)  # a malformed list fails here; unmatched names fail per model
+    resolve_device(device)  # a device this machine lacks fails before any run
     changes = dict(batch_size=batch_size, lr=lr, momentum=momentum, max_grad_norm=max_grad_norm,
                    epochs=epochs, ema_decay=ema_decay, lr_schedule=lr_schedule,
                    warmup_epochs=warmup_epochs, freeze=freeze or None,
                    class_clip=None if class_clip is None else parse_class_clip(class_clip))
     specs = plan_grid(datasets, models, epsilons, seeds, variants, accountant=accountant,
-                      threads=threads, private_changes=changes,
+                      threads=threads, device=device, private_changes=changes,
                       nonprivate_changes=dict(epochs=epochs))
     for spec in specs:  # before any run starts, not in a worker half-way through the grid
         make_run_config(epochs=spec.recipe.epochs, warmup_epochs=spec.recipe.warmup_epochs).check_schedule()

@@ -8,6 +8,10 @@ high-water mark (VmHWM, reset just before the first step through /proc/self/clea
 its RSS at that moment: torch's CPU allocator is invisible to tracemalloc, while RSS counts
 every page the steps touched. Model, data and imports are excluded; the model's gradients and
 optimizer state are included. Linux only.
+
+On a GPU (`device="cuda"`) each timed step ends with a device synchronisation, so the wall clock
+covers the kernels it queued, and memory is torch's peak allocation during a variant's steps
+(run after the timing, one variant at a time) minus what was allocated before them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from torch.nn import functional as F
 
 from dpscope import clipping
 from dpscope.bench import _opacus
+from dpscope.device import describe_device, resolve_device, synchronize
+from dpscope.errors import ConfigError
 from dpscope.io import write_json_atomic
 from dpscope.models import build_model
 
@@ -62,13 +68,15 @@ def _xent(out, y):
     return F.cross_entropy(out, y, reduction="none")
 
 
-def make_step(variant: str, model_name: str, batch_size: int, seed: int = 0) -> Callable[[], None]:
-    """A closure running one training step of `variant` on fixed random data."""
+def make_step(variant: str, model_name: str, batch_size: int, seed: int = 0,
+              device: torch.device | str = "cpu") -> Callable[[], None]:
+    """A closure running one training step of `variant` on fixed random data on `device`."""
     channels, size = IMAGES[model_name]
     torch.manual_seed(seed)
-    model = build_model(model_name, in_channels=channels, image_size=size, num_classes=NUM_CLASSES)
-    x = torch.randn(batch_size, channels, size, size)
-    y = torch.randint(0, NUM_CLASSES, (batch_size,))
+    model = build_model(model_name, in_channels=channels, image_size=size,
+                        num_classes=NUM_CLASSES).to(device)
+    x = torch.randn(batch_size, channels, size, size).to(device)
+    y = torch.randint(0, NUM_CLASSES, (batch_size,)).to(device)
     if variant.startswith("opacus_"):
         return _opacus.opacus_step(variant.removeprefix("opacus_"), model, x, y, MAX_GRAD_NORM, LR)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
@@ -107,6 +115,17 @@ def _peak_mb_here(variant: str, model_name: str, batch_size: int, steps: int) ->
     return _status_mb("VmHWM") - before
 
 
+def _cuda_peak_mb(step: Callable[[], None], device: torch.device, steps: int = 3) -> float:
+    """Peak CUDA allocation during `steps` steps minus the allocation before them."""
+    synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
 def peak_memory_mb(variant: str, model_name: str, batch_size: int, threads: int, steps: int = 3) -> float:
     """RSS growth over `steps` steps of `variant`, measured alone in a fresh process."""
     code = (
@@ -124,15 +143,16 @@ def _variants_for(variants: Sequence[str], batch_size: int, naive_max_batch: int
 
 def run_case(
     model_name: str, batch_size: int, variants: Sequence[str], *, repeats: int, warmup: int, memory: bool, threads: int,
-    cpu_time: bool = False,
+    cpu_time: bool = False, device: torch.device = torch.device("cpu"),
 ) -> CaseResult:
     results = {v: VariantResult(v) for v in variants}
     steps: dict[str, Callable[[], None]] = {}
     for v in variants:
         try:
-            steps[v] = make_step(v, model_name, batch_size)
+            steps[v] = make_step(v, model_name, batch_size, device=device)
             for _ in range(warmup):
                 steps[v]()
+            synchronize(device)
         except Exception as exc:  # a variant that cannot run this model is reported, not fatal
             results[v].error = f"{type(exc).__name__}: {exc}"[:200]
             steps.pop(v, None)
@@ -144,13 +164,16 @@ def run_case(
         for v in order[shift:] + order[:shift]:
             start = clock()
             steps[v]()
+            synchronize(device)
             results[v].times_ms.append((clock() - start) * 1000)
     load_after = os.getloadavg()
     for v, res in results.items():
         if res.times_ms:
             res.median_ms = statistics.median(res.times_ms)
             res.min_ms = min(res.times_ms)
-        if memory and v in steps:
+        if memory and v in steps and device.type == "cuda":
+            res.peak_mb = _cuda_peak_mb(steps[v], device)
+        elif memory and v in steps:
             try:
                 res.peak_mb = peak_memory_mb(v, model_name, batch_size, threads)
             except subprocess.CalledProcessError as exc:
@@ -168,6 +191,7 @@ def run_clipping_benchmark(
     memory: bool = True,
     threads: int = 2,
     cpu_time: bool = False,
+    device: str = "cpu",
     json_path: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict:
@@ -178,20 +202,29 @@ def run_clipping_benchmark(
     faithfully; the targets are stated for wall time with 2 threads on an idle machine.
     """
     torch.set_num_threads(threads)
+    where = resolve_device(device)
+    if cpu_time and where.type != "cpu":
+        raise ConfigError("--cpu-time measures the CPU's work only; time a GPU by wall clock "
+                          "(drop --cpu-time)")
     record = {
+        "device": describe_device(where),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
         "torch": torch.__version__,
         "threads": threads,
         "clock": "process CPU time" if cpu_time else "wall time",
         "repeats": repeats,
-        "memory_method": "VmHWM reset before the first step, minus VmRSS then; fresh process per variant",
+        "memory_method": ("torch.cuda peak allocation during 3 steps minus the allocation before"
+                          if where.type == "cuda" else
+                          "VmHWM reset before the first step, minus VmRSS then; fresh process per variant"),
         "cases": [],
     }
-    echo(f"torch {torch.__version__}, {threads} threads, {platform.platform()}, load {os.getloadavg()}")
+    echo(f"torch {torch.__version__}, {record['device']}, {threads} threads, {platform.platform()}, "
+         f"load {os.getloadavg()}")
     for model_name, batch_size in cases:
         chosen = _variants_for(variants, batch_size, naive_max_batch)
         case = run_case(
-            model_name, batch_size, chosen, repeats=repeats, warmup=warmup, memory=memory, threads=threads, cpu_time=cpu_time
+            model_name, batch_size, chosen, repeats=repeats, warmup=warmup, memory=memory, threads=threads,
+            cpu_time=cpu_time, device=where,
         )
         record["cases"].append(asdict(case))
         echo(format_case(case))

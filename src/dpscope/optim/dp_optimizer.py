@@ -116,7 +116,9 @@ class DPOptimizer(torch.optim.Optimizer):
         """
         report.noise_std = self.noise_std
         report.max_grad_norm = self.max_grad_norm
-        report.clipped_sum_norms = {name: float(norm) for name, norm in self._clipped_sum_norms.items()}
+        norms = self._clipped_sum_norms
+        values = torch.stack(list(norms.values())).tolist() if norms else []  # one device sync
+        report.clipped_sum_norms = dict(zip(norms, values))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if hasattr(self, "original_optimizer"):

@@ -1,0 +1,82 @@
+"""Where a run computes: the CPU, or an accelerator torch can see.
+
+    device = resolve_device("auto")   # cuda when torch sees a GPU, else cpu
+
+"auto" keeps a run portable: the same config.json trains on a laptop and on a GPU server. A
+named device that is not there is a user error at start, never a silent fall-back to the CPU,
+since a benchmark timed on the wrong device would mislead. Seeded noise and sampling stay
+reproducible on one device; the CPU and a GPU draw different streams (torch's generators differ).
+"""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from dpscope.errors import ConfigError
+
+DEVICE_HELP = "auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps"
+
+
+def check_device_spec(spec: str) -> str:
+    """`spec` if torch can parse it as a device ("auto" too), else ConfigError; needs no device."""
+    if spec == "auto":
+        return spec
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {spec!r} is not a device torch knows; use {DEVICE_HELP}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {spec!r} is not supported; use {DEVICE_HELP}")
+    return spec
+
+
+def resolve_device(spec: str) -> torch.device:
+    """The torch device for `spec`; ConfigError when it names one this machine does not have."""
+    check_device_spec(spec)
+    if spec == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {spec!r} asked for, but torch sees no CUDA GPU here (torch "
+                              f"{torch.__version__}); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {spec!r} asked for, but torch sees "
+                              f"{torch.cuda.device_count()} CUDA GPU(s); use cuda:0 to cuda:"
+                              f"{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {spec!r} asked for, but torch sees no MPS device here; use "
+                          "--device cpu or auto")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    """The device and what it is, e.g. 'cuda:0 (NVIDIA H100 80GB HBM3)' or 'cpu (x86_64, 2 threads)'."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    if device.type == "cpu":
+        return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return str(device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock reading includes it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak memory allocated on a CUDA device since the last reset; None elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return None

@@ -1,0 +1,92 @@
+"""Where runs compute: device names are checked before a run starts, a run says where it ran,
+and (on a machine with a CUDA GPU) private training on the GPU keeps every guarantee."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dpscope.class_clip import ClassClip
+from dpscope.config import make_run_config
+from dpscope.device import check_device_spec, describe_device, resolve_device
+from dpscope.errors import ConfigError
+from dpscope.train import train
+from loop_helpers import assert_train_refuses, whole_and_resumed
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+PRIVATE = dict(dataset="digits", model="cnn", epochs=2, batch_size=128, lr=0.5, momentum=0.0,
+               threads=1, epsilon=3.0, max_grad_norm=1.0)
+
+
+def test_auto_is_the_gpu_when_there_is_one_else_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:x", "meta", ""])
+def test_a_name_torch_cannot_use_is_refused_in_the_config(spec):
+    with pytest.raises(ConfigError, match="device"):
+        make_run_config(device=spec)
+    with pytest.raises(ConfigError, match="cpu, cuda"):
+        check_device_spec(spec)
+
+
+def test_a_missing_gpu_is_an_error_never_a_silent_cpu_run(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="sees no CUDA GPU.*--device cpu"):
+        resolve_device("cuda")
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has a GPU, so --device cuda is not refused")
+def test_train_refuses_a_gpu_this_machine_lacks(tmp_path):
+    assert_train_refuses(tmp_path, ["--device", "cuda"], "sees no CUDA GPU")
+
+
+def test_train_refuses_an_unknown_device_name(tmp_path):
+    assert_train_refuses(tmp_path, ["--device", "tpu"], "device")
+
+
+def test_a_cpu_run_records_its_device(tmp_path):
+    summary = train(make_run_config(dataset="digits", model="mlp", epochs=1, threads=1, device="cpu"),
+                    run_dir=tmp_path / "run")
+    assert summary["device"].startswith("cpu (")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["device"] == "cpu"
+
+
+def test_class_bounds_follow_the_targets_device():
+    clip = ClassClip((1.0, 0.35), ("normal", "pneumonia"))
+    targets = torch.tensor([1, 0, 1])
+    assert clip.of(targets).device == targets.device
+    assert clip.of(targets).tolist() == pytest.approx([0.35, 1.0, 0.35])
+
+
+@needs_cuda
+def test_private_training_on_the_gpu_accounts_as_on_the_cpu(tmp_path):
+    """Same plan, sampler and ledger on both devices; the GPU run learns as well (within noise)."""
+    options = dict(PRIVATE, class_clip=tuple([1.0] + [0.5] * 9), ema_decay=0.9,
+                   track_dynamics=True, augment="crop", augment_multiplicity=2)
+    gpu = train(make_run_config(**options, device="cuda"), run_dir=tmp_path / "gpu")
+    cpu = train(make_run_config(**options, device="cpu"), run_dir=tmp_path / "cpu")
+    assert gpu["device"].startswith("cuda:0 (")
+    for key in ("epsilon", "noise_multiplier", "sample_rate", "privacy_steps", "steps"):
+        assert gpu[key] == cpu[key], key
+    assert gpu["test_accuracy"] > 0.5 and cpu["test_accuracy"] > 0.5
+
+
+@needs_cuda
+@pytest.mark.parametrize("clipping", ["auto", "ghost", "bookkeeping", "materialize", "vmap"])
+def test_gpu_runs_resume_to_the_same_budget(tmp_path, clipping):
+    whole, resumed = whole_and_resumed(dict(PRIVATE, model="mlp", epochs=3, clipping=clipping,
+                                            device="cuda"), tmp_path)
+    assert resumed["epsilon"] == whole["epsilon"] and resumed["steps"] == whole["steps"]
+    assert resumed["test_accuracy"] == pytest.approx(whole["test_accuracy"], abs=0.02)
+
+
+@needs_cuda
+def test_describe_names_the_gpu():
+    assert torch.cuda.get_device_name(0) in describe_device(torch.device("cuda"))
