@@ -67,15 +67,24 @@ def test_class_bounds_follow_the_targets_device():
 
 @needs_cuda
 def test_private_training_on_the_gpu_accounts_as_on_the_cpu(tmp_path):
-    """Same plan, sampler and ledger on both devices; the GPU run learns as well (within noise)."""
+    """Every extra at once (class bounds, EMA, dynamics, augmentation copies) runs on the GPU,
+    with the same plan, sampler and ledger as on the CPU."""
     options = dict(PRIVATE, class_clip=tuple([1.0] + [0.5] * 9), ema_decay=0.9,
                    track_dynamics=True, augment="crop", augment_multiplicity=2)
     gpu = train(make_run_config(**options, device="cuda"), run_dir=tmp_path / "gpu")
     cpu = train(make_run_config(**options, device="cpu"), run_dir=tmp_path / "cpu")
-    assert gpu["device"].startswith("cuda:0 (")
+    assert gpu["device"].startswith("cuda:0 (") and cpu["device"].startswith("cpu (")
     for key in ("epsilon", "noise_multiplier", "sample_rate", "privacy_steps", "steps"):
         assert gpu[key] == cpu[key], key
-    assert gpu["test_accuracy"] > 0.5 and cpu["test_accuracy"] > 0.5
+    assert (tmp_path / "gpu" / "dynamics.json").is_file()
+
+
+@needs_cuda
+def test_private_training_learns_on_the_gpu(tmp_path):
+    """digits' private recipe (5 epochs, eps 3) reaches 0.72 on the CPU; the GPU draws other
+    noise and batches, so it is held to a margin below that."""
+    summary = train(make_run_config(**dict(PRIVATE, epochs=5), device="cuda"), run_dir=tmp_path / "gpu")
+    assert summary["test_accuracy"] > 0.55
 
 
 @needs_cuda

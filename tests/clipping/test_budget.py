@@ -143,7 +143,9 @@ def test_input_edited_in_place_after_the_layer_used_it_is_refused(max_extra_byte
 
 def test_one_example_slices_for_unfolding_and_storing_are_exact(monkeypatch):
     monkeypatch.setattr(conv, "UNFOLD_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(conv, "UNFOLD_CHUNK_ELEMENTS_CUDA", 1)
     monkeypatch.setattr(layerwise, "STORE_SLICE_BYTES", 1)
+    monkeypatch.setattr(layerwise, "STORE_SLICE_BYTES_CUDA", 1)
     x, y = data()
     check_against_references(conv_net(), xent, x, y, strategies=("materialize", "bookkeeping", "auto"))
 
