@@ -9,12 +9,14 @@ from dataclasses import asdict
 
 import pytest
 
+from dpscope.device import resolve_device
 from dpscope.errors import ConfigError
 from dpscope.optim.schedule import LRSchedule
 
 from dpscope.bench.accuracy import (
     LOAD_FILE,
     PRIVATE_RECIPES,
+    _device_label,
     Recipe,
     private_recipe,
     aggregate,
@@ -121,13 +123,16 @@ def test_digits_one_epoch_writes_record_and_reuses_finished_runs(tmp_path) -> No
     for row in saved["rows"]:
         assert 0.0 <= row["test_accuracy"] <= 1.0 and row["test_auc"] is None  # 10 classes
         assert 0.0 <= row["val_accuracy"] <= 1.0 and row["seconds"] > 0
+    where = resolve_device("auto").type
+    assert all(row["device"].startswith(where) for row in saved["rows"])
+    assert saved["groups"][0]["devices"] == [saved["rows"][0]["device"]]
     private = [r for r in saved["rows"] if r["variant"] != "nonprivate"]
     for row in private:
         assert row["epsilon"] == pytest.approx(8.0, rel=0.02) and row["delta"] == 1e-5
         assert row["noise_multiplier"] > 0 and row["steps"] == round(1 / row["sample_rate"])
     assert {r["accountant"] for r in private} == ({"pld", "prv"} if HAVE_OPACUS else {"pld"})
     table = next(line for line in lines if line.startswith("dataset"))
-    assert table.count("\n") == len(variants) and "±" in table
+    assert table.count("\n") == len(variants) and "±" in table and "device" in table
     assert ("opacus" in table) == HAVE_OPACUS
 
     again = run_accuracy_benchmark(specs, tmp_path / "out", echo=lambda _: None)
@@ -227,3 +232,12 @@ def test_class_clip_reaches_dpscope_and_opacus_runs_and_the_table(tmp_path) -> N
     assert config["config"]["class_clip"] == [1.0] + [0.5] * 9
     assert [r["variant"] for r in record["rows"]] == ["dpscope"] + (["opacus"] if HAVE_OPACUS else [])
     assert "class-clip 1,0.5" in next(line for line in lines if line.startswith("dataset"))
+
+
+def test_a_group_says_which_device_its_runs_ran_on() -> None:
+    h100 = "cuda:0 (NVIDIA H100 80GB HBM3)"
+    assert _device_label([h100]) == "cuda:0"
+    assert _device_label(["cpu (x86_64, 1 threads)"]) == "cpu"
+    assert _device_label(["cpu (x86_64, 1 threads)", h100]) == "mixed"
+    assert _device_label(["unrecorded", h100]) == "mixed"  # a run read back from before devices
+    assert _device_label(["unrecorded"]) == "-"

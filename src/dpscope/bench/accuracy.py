@@ -561,6 +561,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         group["sample_rate"] = members[0]["sample_rate"]
         group["steps"] = members[0]["steps"]
         group["accountant"] = members[0]["accountant"]
+        # a finished run is read back wherever it ran: a group may mix devices, and says so
+        group["devices"] = sorted({m.get("device") or "unrecorded" for m in members})
         group.update({f: mean_spread(m[f] for m in members) for f in METRIC_FIELDS})
         result.append(group)
     return result
@@ -569,7 +571,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def format_table(groups: Sequence[dict[str, Any]]) -> str:
     header = (f"{'dataset':<15}{'model':<10}{'variant':<19}{'eps':>5}{'seeds':>6}"
               f"{'test acc':>17}{'test AUC':>17}{'val acc':>9}{'val AUC':>9}{'time s':>13}{'sigma':>7}"
-              f"{'q':>8}{'steps':>6}  recipe")
+              f"{'q':>8}{'steps':>6}{'device':>8}  recipe")
     lines = [header]
     for g in groups:
         r = g["recipe"]
@@ -594,8 +596,18 @@ def format_table(groups: Sequence[dict[str, Any]]) -> str:
             f"{_pm(g['test_accuracy']):>17}{_pm(g['test_auc']):>17}"
             f"{_fmt(g['val_accuracy']['mean'], 3):>9}{_fmt(g['val_auc']['mean'], 3):>9}"
             f"{_pm(g['seconds'], 0):>13}"
-            f"{_fmt(sigma, 3):>7}{_fmt(g['sample_rate']):>8}{g['steps'] or 0:>6}  {recipe}")
+            f"{_fmt(sigma, 3):>7}{_fmt(g['sample_rate']):>8}{g['steps'] or 0:>6}"
+            f"{_device_label(g['devices']):>8}  {recipe}")
     return "\n".join(lines)
+
+
+def _device_label(devices: Sequence[str]) -> str:
+    """'cpu', 'cuda:0', ... for a group on one device (its name without the details in
+    brackets), 'mixed' when its runs ran on several, '-' when none recorded one."""
+    kinds = {d.split(" (")[0] for d in devices if d != "unrecorded"}
+    if len(kinds) > 1 or (kinds and "unrecorded" in devices):
+        return "mixed"
+    return kinds.pop() if kinds else "-"
 
 
 def _pm(stats: dict[str, Any], digits: int = 4) -> str:
