@@ -53,12 +53,12 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
-    """The device and what it is, e.g. 'cuda:0 (NVIDIA H100 80GB HBM3)' or 'cpu (x86_64, 2 threads)'."""
+    """The device and what it is, e.g. 'cuda:0 (NVIDIA H100 80GB HBM3)' or 'cpu (x86_64)'."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     if device.type == "cpu":
-        return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+        return f"cpu ({platform.machine()})"
     return str(device)
 
 
