@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from dpscope.bench.accuracy import DEFAULT_VARIANTS, VARIANTS, run_from_options
+from dpscope.errors import run_script
 
 
 def main() -> None:
@@ -56,4 +57,4 @@ def main() -> None:
                      threads=args.threads, jobs=args.jobs, device=args.device, json_path=args.json)
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from dpscope.bench.clipping import DEFAULT_CASES, VARIANTS, run_clipping_benchmark
+from dpscope.errors import run_script
 
 
 def _case(text: str) -> tuple[str, int]:
@@ -40,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -29,6 +29,7 @@ from torch.func import functional_call, grad, vmap
 
 from dpscope.callbacks import LoopState, StepReport
 from dpscope.dynamics import WeightChangeTracker
+from dpscope.errors import run_script
 from dpscope.models import build_model
 
 
@@ -164,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -4,6 +4,9 @@ and (on a machine with a CUDA GPU) private training on the GPU keeps every guara
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,6 +48,18 @@ def test_a_missing_gpu_is_an_error_never_a_silent_cpu_run(monkeypatch):
 @pytest.mark.skipif(CUDA, reason="this machine has a GPU, so --device cuda is not refused")
 def test_train_refuses_a_gpu_this_machine_lacks(tmp_path):
     assert_train_refuses(tmp_path, ["--device", "cuda"], "sees no CUDA GPU")
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has a GPU, so --device cuda is not refused")
+@pytest.mark.parametrize("script", ["clipping.py", "accuracy.py"])
+def test_benchmark_scripts_refuse_a_missing_gpu_with_one_line(script, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / script), "--device", "cuda",
+                             *(["--out", str(tmp_path / "out")] if script == "accuracy.py" else [])],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("error:") and "sees no CUDA GPU" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_train_refuses_an_unknown_device_name(tmp_path):

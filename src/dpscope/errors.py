@@ -6,6 +6,9 @@ Library code raises the most specific subclass; programming errors stay ordinary
 
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class DpscopeError(Exception):
     """A problem with the user's input or setup, explained in one line."""
@@ -25,3 +28,13 @@ class PrivacyError(DpscopeError):
 
 class UnsupportedLayerError(DpscopeError):
     """A trainable layer has no per-example gradient rule."""
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """Run a script's `main` as the CLI runs a command: a DpscopeError becomes one line on
+    stderr and exit code 2 (the benchmark scripts use it)."""
+    try:
+        main()
+    except DpscopeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
