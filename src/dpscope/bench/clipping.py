@@ -10,8 +10,9 @@ every page the steps touched. Model, data and imports are excluded; the model's 
 optimizer state are included. Linux only.
 
 On a GPU (`device="cuda"`) each timed step ends with a device synchronisation, so the wall clock
-covers the kernels it queued, and memory is torch's peak allocation during a variant's steps
-(run after the timing, one variant at a time) minus what was allocated before them.
+covers the kernels it queued, and memory is torch's peak allocation during the first steps of a
+fresh copy of the variant (after the timing, one variant at a time) minus what was allocated
+before them.
 """
 
 from __future__ import annotations
@@ -115,9 +116,15 @@ def _peak_mb_here(variant: str, model_name: str, batch_size: int, steps: int) ->
     return _status_mb("VmHWM") - before
 
 
-def _cuda_peak_mb(step: Callable[[], None], device: torch.device, steps: int = 3) -> float:
-    """Peak CUDA allocation during `steps` steps minus the allocation before them."""
+def _cuda_peak_mb(variant: str, model_name: str, batch_size: int, device: torch.device,
+                  steps: int = 3) -> float:
+    """Peak CUDA allocation during `steps` steps of a fresh model minus the allocation before
+    them (model and data): as on the CPU, the gradients and optimizer state count. A model
+    that already stepped would hide them (its gradients and Opacus's grad_sample stay
+    allocated between steps)."""
+    step = make_step(variant, model_name, batch_size, device=device)
     synchronize(device)
+    torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     for _ in range(steps):
@@ -172,7 +179,7 @@ def run_case(
             res.median_ms = statistics.median(res.times_ms)
             res.min_ms = min(res.times_ms)
         if memory and v in steps and device.type == "cuda":
-            res.peak_mb = _cuda_peak_mb(steps[v], device)
+            res.peak_mb = _cuda_peak_mb(v, model_name, batch_size, device)
         elif memory and v in steps:
             try:
                 res.peak_mb = peak_memory_mb(v, model_name, batch_size, threads)
@@ -213,7 +220,8 @@ def run_clipping_benchmark(
         "threads": threads,
         "clock": "process CPU time" if cpu_time else "wall time",
         "repeats": repeats,
-        "memory_method": ("torch.cuda peak allocation during 3 steps minus the allocation before"
+        "memory_method": ("torch.cuda peak allocation during the first 3 steps of a fresh model "
+                          "minus the allocation before them"
                           if where.type == "cuda" else
                           "VmHWM reset before the first step, minus VmRSS then; fresh process per variant"),
         "cases": [],
