@@ -114,3 +114,50 @@ def test_gpu_runs_resume_to_the_same_budget(tmp_path, clipping):
 @needs_cuda
 def test_describe_names_the_gpu():
     assert torch.cuda.get_device_name(0) in describe_device(torch.device("cuda"))
+
+
+@pytest.mark.skipif(CUDA, reason="simulates a machine without the run's GPU")
+def test_a_gpu_noise_stream_survives_a_resume_on_the_cpu():
+    from dpscope.optim.noise import GaussianNoise
+
+    noise = GaussianNoise(seed=3)
+    noise.like(torch.zeros(4), 1.0)
+    state = noise.state_dict()
+    gpu_stream = torch.arange(16, dtype=torch.uint8)  # stands for a CUDA generator's state
+    state["generators"]["cuda:0"] = gpu_stream
+    moved = GaussianNoise()
+    moved.load_state_dict(state)
+    assert torch.equal(moved.like(torch.zeros(4), 1.0), noise.like(torch.zeros(4), 1.0))
+    assert torch.equal(moved.state_dict()["generators"]["cuda:0"], gpu_stream)  # kept for later
+
+
+@pytest.mark.skipif(CUDA, reason="simulates a machine without the run's GPU")
+def test_a_run_from_a_gpu_resumes_on_the_cpu_with_the_same_budget(tmp_path):
+    """A run configured for cuda and cut in epoch 1 (its noise stream on cuda:0) is refused
+    where there is no GPU, then continues with --device cpu to the uninterrupted epsilon."""
+    from typer.testing import CliRunner
+
+    from dpscope.cli import app
+    from loop_helpers import CrashAtEpoch
+
+    options = dict(PRIVATE, model="mlp", epochs=2, device="cpu")
+    whole = train(make_run_config(**options), run_dir=tmp_path / "whole")
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(make_run_config(**options), run_dir=cut, callbacks=[CrashAtEpoch(1)])
+    config = json.loads((cut / "config.json").read_text())
+    config["config"]["device"] = "cuda"
+    (cut / "config.json").write_text(json.dumps(config))
+    checkpoint = torch.load(cut / "checkpoint.pt", weights_only=False)
+    streams = checkpoint["optimizer"]["noise"]["generators"]
+    streams["cuda:0"] = streams.pop("cpu")
+    torch.save(checkpoint, cut / "checkpoint.pt")
+
+    refused = CliRunner().invoke(app, ["train", "--resume", "--out", str(cut), "-q"])
+    assert refused.exit_code == 2 and "--device cpu" in refused.output
+    assert "Traceback" not in refused.output
+    moved = CliRunner().invoke(app, ["train", "--resume", "--out", str(cut), "--device", "cpu", "-q"])
+    assert moved.exit_code == 0, moved.output
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["device"].startswith("cpu (")
+    assert summary["epsilon"] == whole["epsilon"] and summary["steps"] == whole["steps"]

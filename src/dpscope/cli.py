@@ -133,7 +133,7 @@ def train(
     warmup_epochs: Annotated[Optional[float], typer.Option(help="linear learning-rate warm-up over this many epochs (fractions allowed)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed for data split, init, sampling and noise")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads (default: all cores)")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N; may change on --resume")] = None,
     epsilon: Annotated[Optional[float], typer.Option(help="train privately to this epsilon (noise calibrated)")] = None,
     delta: Annotated[Optional[float], typer.Option(help="privacy delta (default min(1e-5, 1/(10 N)))")] = None,
     noise_multiplier: Annotated[Optional[float], typer.Option(help="train privately with this noise multiplier instead of a target epsilon")] = None,
@@ -185,12 +185,13 @@ def train(
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out naming the run folder to continue")
-        if options:
+        fixed = {k: v for k, v in options.items() if k != "device"}  # where it runs may change
+        if fixed:
             raise ConfigError(
                 "--resume continues the run as it was configured; drop these options: "
-                + ", ".join("--" + k.replace("_", "-") for k in options)
+                + ", ".join("--" + k.replace("_", "-") for k in fixed)
             )
-        resume_training(out, reporter=reporter)
+        resume_training(out, reporter=reporter, device=options.get("device"))
     else:
         run_training(make_run_config(**options), run_dir=out, reporter=reporter)
 

@@ -24,7 +24,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from dpscope.averaging import WeightAverage
 from dpscope.callbacks import Callback, LoopState, StepReport
-from dpscope.config import RunConfig
+from dpscope.config import RunConfig, make_run_config
 from dpscope.data import Dataset, load_dataset
 from dpscope.data.augment import BatchAugmenter
 from dpscope.data.poisson import ShuffledBatchSampler
@@ -130,11 +130,16 @@ def train(
 
 
 def resume(
-    run_dir: Path, *, callbacks: Sequence[Callback] = (), reporter: Reporter | None = None
+    run_dir: Path, *, callbacks: Sequence[Callback] = (), reporter: Reporter | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Continue the run in `run_dir` from its last checkpoint, exactly as configured."""
+    """Continue the run in `run_dir` from its last checkpoint, exactly as configured; `device`
+    moves it (e.g. a GPU run onto a CPU): the privacy of a run does not depend on where it
+    computes, and each device keeps its own noise stream."""
     folder = RunFolder(Path(run_dir))
     config = folder.read_config()
+    if device is not None:
+        config = make_run_config(**{**config.model_dump(), "device": device})
     reporter = reporter or SilentReporter()
     if folder.is_finished():
         summary = json.loads(folder.summary_path.read_text())

@@ -50,6 +50,7 @@ class GaussianNoise:
         self.seed = seed
         self.secure = secure
         self._generators: dict[str, torch.Generator] = {}
+        self._elsewhere: dict[str, torch.Tensor] = {}  # saved states of devices not present here
 
     def like(self, tensor: torch.Tensor, std: float) -> torch.Tensor:
         """Noise with `tensor`'s shape, dtype and device."""
@@ -68,11 +69,26 @@ class GaussianNoise:
 
     def state_dict(self) -> dict[str, Any]:
         """Generator states per device; empty for the secure source (nothing to restore)."""
-        return {"seed": self.seed, "secure": self.secure,
-                "generators": {key: gen.get_state() for key, gen in self._generators.items()}}
+        states = dict(self._elsewhere)
+        states.update({key: gen.get_state() for key, gen in self._generators.items()})
+        return {"seed": self.seed, "secure": self.secure, "generators": states}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore each device's stream. A stream of a device this machine lacks (a GPU run
+        resumed on a CPU) is kept as saved, so it continues if the run goes back there; the
+        new device starts its own stream, which this run has never drawn from."""
         self.seed, self.secure = state["seed"], state["secure"]
-        self._generators = {}
+        self._generators, self._elsewhere = {}, {}
         for key, generator_state in state["generators"].items():
-            self._generator(torch.device(key)).set_state(generator_state)
+            if _device_present(torch.device(key)):
+                self._generator(torch.device(key)).set_state(generator_state)
+            else:
+                self._elsewhere[key] = generator_state
+
+
+def _device_present(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    return True
