@@ -31,7 +31,7 @@ def test_auto_is_the_gpu_when_there_is_one_else_the_cpu(monkeypatch):
     assert resolve_device("auto") == torch.device("cuda")
 
 
-@pytest.mark.parametrize("spec", ["gpu", "cuda:x", "meta", ""])
+@pytest.mark.parametrize("spec", ["gpu", "cuda:x", "meta", "mps", ""])
 def test_a_name_torch_cannot_use_is_refused_in_the_config(spec):
     with pytest.raises(ConfigError, match="device"):
         make_run_config(device=spec)

@@ -48,7 +48,7 @@ class RunConfig(BaseModel):
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     device: str = Field("auto", description="auto (a CUDA GPU when torch sees one, else the CPU), "
-                        "cpu, cuda, cuda:N or mps (dpscope.device)")
+                        "cpu, cuda or cuda:N (dpscope.device)")
     # augmentation of training batches (dpscope.data.augment), private or not
     augment: str | None = Field(None, description='"crop", "crop,flip" or "crop:2,flip" (crop padding in px, '
                                 'default 4): random augmentations of training images')
