@@ -13,7 +13,7 @@ import torch
 
 from dpscope.class_clip import ClassClip
 from dpscope.config import make_run_config
-from dpscope.device import check_device_spec, describe_device, resolve_device
+from dpscope.device import check_device_spec, describe_device, exact_float32, resolve_device
 from dpscope.errors import ConfigError
 from dpscope.train import train
 from loop_helpers import assert_train_refuses, whole_and_resumed
@@ -161,3 +161,42 @@ def test_a_run_from_a_gpu_resumes_on_the_cpu_with_the_same_budget(tmp_path):
     summary = json.loads((cut / "summary.json").read_text())
     assert summary["device"].startswith("cpu (")
     assert summary["epsilon"] == whole["epsilon"] and summary["steps"] == whole["steps"]
+
+
+def test_exact_float32_turns_tf32_off_for_cuda_and_restores_it():
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    with pytest.raises(KeyboardInterrupt):
+        with exact_float32(torch.device("cuda")):
+            assert conv.fp32_precision == torch.backends.cuda.matmul.fp32_precision == "ieee"
+            raise KeyboardInterrupt
+    assert (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before
+    with exact_float32(torch.device("cpu")):  # nothing to change on the CPU
+        assert (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before
+
+
+@needs_cuda
+@pytest.mark.parametrize("strategy", ["auto", "bookkeeping", "ghost", "materialize", "crb"])
+def test_a_clipped_example_stays_within_its_bound_on_the_gpu_even_with_tf32(strategy):
+    """With TF32 allowed everywhere (cuDNN's default), each example's clipped contribution still
+    has norm C to float32 rounding: norms and sums are computed in full float32."""
+    from torch import nn
+
+    from dpscope import clipping
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                          nn.Flatten(), nn.Linear(32 * 16 * 16, 10)).cuda()
+    engine = clipping.ClippingEngine(model, strategy)
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "tf32"
+    try:
+        for i in range(8):  # one example at a time: its sum is its clipped gradient
+            x, y = torch.randn(1, 3, 16, 16, device="cuda") * 10, torch.tensor([i % 10], device="cuda")
+            engine.clipped_grad_sum(lambda o, t: nn.functional.cross_entropy(o, t, reduction="none"),
+                                    x, y, 1e-3)
+            norm = torch.sqrt(sum(p.grad.double().square().sum() for p in model.parameters()))
+            assert float(norm) <= 1e-3 * (1 + 1e-5)
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before

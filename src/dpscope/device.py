@@ -11,6 +11,8 @@ reproducible on one device; the CPU and a GPU draw different streams (torch's ge
 from __future__ import annotations
 
 import platform
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -75,3 +77,32 @@ def peak_memory_mb(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return None
+
+
+@contextmanager
+def exact_float32(device: torch.device) -> Iterator[None]:
+    """Full float32 in cuDNN convolutions and CUDA matmuls within the block (no TF32).
+
+    cuDNN runs float32 convolutions in TF32 by default, which keeps 10 mantissa bits. A
+    per-example norm and the clipped sum come from different kernels, so in TF32 they could
+    disagree by about 1e-3, and a clipped contribution could exceed its bound: the sensitivity
+    the accountant assumes. In full float32 they agree to float32 rounding, as on the CPU. The
+    forward and backward passes themselves may stay in TF32: they define the gradients, and
+    only the norms and sums of the same gradients need to agree. A no-op off CUDA.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    conv, matmul = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
+    if hasattr(conv, "fp32_precision"):  # torch >= 2.9, whose legacy flags must not be mixed in
+        names, flags, off = (conv, matmul), "fp32_precision", "ieee"
+    else:
+        names, flags, off = (torch.backends.cudnn, matmul), "allow_tf32", False
+    before = [getattr(owner, flags) for owner in names]
+    for owner in names:
+        setattr(owner, flags, off)
+    try:
+        yield
+    finally:
+        for owner, value in zip(names, before):
+            setattr(owner, flags, value)

@@ -34,6 +34,7 @@ from dpscope.clipping.rules._common import flat_sq_norm, weighted_example_sum
 from dpscope.clipping.strategies import auto, bookkeeping
 from dpscope.clipping.strategies.budget import CallFootprint, MaxExtraBytes, saved_activation_bytes, within_budget
 from dpscope.clipping.strategies.plans import LayerPlan, PlanFn
+from dpscope.device import exact_float32
 
 Sums = dict[str, torch.Tensor]
 Stored = list[tuple[slice, Grads]]  # materialised per-example gradients, one entry per batch slice
@@ -112,6 +113,10 @@ class _Pass:
 
     @torch.no_grad()
     def on_grad(self, call: LayerCall, d: torch.Tensor) -> None:
+        with exact_float32(d.device):  # norms that agree with the sums (dpscope.device)
+            self._on_grad(call, d)
+
+    def _on_grad(self, call: LayerCall, d: torch.Tensor) -> None:
         i, slot = call.slot, self.slots[call.slot]
         a, call.inputs = call.inputs, None  # A lives on only where a contraction keeps it
         if self.rows > 1 and slot.rule.rows_as_positions:
@@ -199,7 +204,8 @@ def run_layerwise(
     if clip is None:
         return result, {}
     weights = weights_with_bound_scales(clip, sq_norms, norms, bound_scales)
-    return result, _clipped_sums(slots, state, losses, weights, rows)
+    with exact_float32(losses.device):
+        return result, _clipped_sums(slots, state, losses, weights, rows)
 
 
 def _clipped_sums(slots: list[LayerSlot], state: _Pass, losses: torch.Tensor, weights: dict[str, torch.Tensor],
