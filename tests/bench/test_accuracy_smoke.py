@@ -123,6 +123,8 @@ def test_digits_one_epoch_writes_record_and_reuses_finished_runs(tmp_path) -> No
     for row in saved["rows"]:
         assert 0.0 <= row["test_accuracy"] <= 1.0 and row["test_auc"] is None  # 10 classes
         assert 0.0 <= row["val_accuracy"] <= 1.0 and row["seconds"] > 0
+        assert 0.0 <= row["val_balanced_accuracy"] <= 1.0  # Opacus's twin reports it too
+        assert 0.0 <= row["test_balanced_accuracy"] <= 1.0
     where = resolve_device("auto").type
     assert all(row["device"].startswith(where) for row in saved["rows"])
     assert saved["groups"][0]["devices"] == [saved["rows"][0]["device"]]
