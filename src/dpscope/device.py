@@ -4,8 +4,9 @@
 
 "auto" keeps a run portable: the same config.json trains on a laptop and on a GPU server. A
 named device that is not there is a user error at start, never a silent fall-back to the CPU,
-since a benchmark timed on the wrong device would mislead. Seeded noise and sampling stay
-reproducible on one device; the CPU and a GPU draw different streams (torch's generators differ).
+since a benchmark timed on the wrong device would mislead. Poisson sampling draws on the CPU, so
+batches are the same on every device; seeded noise comes from each device's own generator, so
+the CPU and a GPU draw different noise (each reproducible).
 """
 
 from __future__ import annotations
@@ -95,14 +96,14 @@ def exact_float32(device: torch.device) -> Iterator[None]:
         return
     conv, matmul = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
     if hasattr(conv, "fp32_precision"):  # torch >= 2.9, whose legacy flags must not be mixed in
-        names, flags, off = (conv, matmul), "fp32_precision", "ieee"
+        owners, flag, off = (conv, matmul), "fp32_precision", "ieee"
     else:
-        names, flags, off = (torch.backends.cudnn, matmul), "allow_tf32", False
-    before = [getattr(owner, flags) for owner in names]
-    for owner in names:
-        setattr(owner, flags, off)
+        owners, flag, off = (torch.backends.cudnn, matmul), "allow_tf32", False
+    before = [getattr(owner, flag) for owner in owners]
+    for owner in owners:
+        setattr(owner, flag, off)
     try:
         yield
     finally:
-        for owner, value in zip(names, before):
-            setattr(owner, flags, value)
+        for owner, value in zip(owners, before):
+            setattr(owner, flag, value)
