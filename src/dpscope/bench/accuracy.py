@@ -201,8 +201,10 @@ TUNING: tuple[str, ...] = (
     "classes (stage 3 frozen, seeds 0-1 .828/.725, last-5 means .787/.511)",
     "resnet20 eps 1, session 7, the class bound with stage 3 frozen (the eps-1 recipe, seeds "
     "0-2, final-epoch val acc, CPU): pneumonia 0.25 C .460/.513/.492 (mean .488: the model "
-    "tips to the minority class), 0.5 C .748/.748/.742 (mean .746: the majority class), "
-    "against 0.35 C .782/.853/.802 (mean .812) -> 0.35 kept; the working range is narrow",
+    "tips to the minority class), 0.3 C .563/.456/.750 (.590), 0.4 C .742/.872/.748 (.787), "
+    "0.5 C .748/.748/.742 (mean .746: the majority class), against 0.35 C .782/.853/.802 (mean "
+    ".812) -> 0.35 kept; the working range is narrow (val balanced accuracy, now recorded: "
+    ".646, .690, .595, .507 against .693)",
     "resnet18 (session 7, H100): the cnn's eps-8 recipe, untuned (b428 lr 2 40 ep, pneumonia "
     "0.7 C), seeds 0-2 val .950/.943/.947",
     "privacy: each run's epsilon covers that run only. Selecting among k private runs on the same "
@@ -210,7 +212,7 @@ TUNING: tuple[str, ...] = (
     "composition (pneumoniamnist cnn: 25 runs at eps 8 + 11 augmented + 6 with class bounds, 10 "
     "at eps 1, 6 at eps 3; resnet20: 3 finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the "
     "choice, 13 at eps 1 plus 4 stopped before session 6, which added 9 finished and 4 stopped, and "
-    "session 7 6 more plus 3 on a GPU; cnn 3 more at eps 8 on a GPU; resnet18: 3 at eps 8 on a "
+    "session 7 12 more plus 3 on a GPU; cnn 3 more at eps 8 on a GPU; resnet18: 3 at eps 8 on a "
     "GPU; each GPU run also had an Opacus twin; digits: 18 at eps 1)",
 )
 
