@@ -61,7 +61,9 @@ class ClassClip:
 
     def of(self, targets: torch.Tensor) -> torch.Tensor:
         """(B,) bound fraction of each example's class, on the targets' device."""
-        return self._table.to(targets.device)[targets]
+        if self._table.device != targets.device:  # moved once, not copied every step
+            self._table = self._table.to(targets.device)
+        return self._table[targets]
 
     def describe(self, max_grad_norm: float) -> str:
         bounds = ", ".join(f"{name}: {f * max_grad_norm:g}" for name, f in zip(self.class_names, self.fractions))

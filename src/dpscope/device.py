@@ -35,6 +35,13 @@ def check_device_spec(spec: str) -> str:
     return spec
 
 
+def device_present(device: torch.device) -> bool:
+    """Whether this machine has `device` (a saved CUDA stream may come from another machine)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    return True
+
+
 def resolve_device(spec: str) -> torch.device:
     """The torch device for `spec`; ConfigError when it names one this machine does not have."""
     check_device_spec(spec)
@@ -69,6 +76,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for `peak_memory_mb` (CUDA only)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

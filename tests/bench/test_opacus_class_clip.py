@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from dpscope import clipping
 from dpscope.bench._opacus import clip_per_example_bounds
+from dpscope.class_clip import ClassClip
 
 opacus = pytest.importorskip("opacus")
 
@@ -34,7 +35,7 @@ def test_opacus_with_per_class_bounds_releases_dpscopes_clipped_sum() -> None:
     before = torch.cat([p.detach().flatten() for p in module.parameters()])
     optimizer = DPOptimizer(torch.optim.SGD(module.parameters(), lr=1.0), noise_multiplier=0.0,
                             max_grad_norm=bound, expected_batch_size=1, loss_reduction="sum")
-    set_targets = clip_per_example_bounds(optimizer, bound, fractions)
+    set_targets = clip_per_example_bounds(optimizer, bound, ClassClip(fractions, ("a", "b")))
     set_targets(y)
     F.cross_entropy(module(x), y, reduction="sum").backward()
     optimizer.step()

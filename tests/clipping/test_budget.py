@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dpscope import clipping
-from dpscope.clipping.rules import conv
+from dpscope.clipping import memory
 from dpscope.clipping.strategies import layerwise
 from dpscope.clipping.strategies.budget import CallFootprint, estimated_peak, saved_activation_bytes, within_budget
 from dpscope.clipping.strategies.plans import MATERIALIZED, LayerPlan
@@ -142,10 +142,8 @@ def test_input_edited_in_place_after_the_layer_used_it_is_refused(max_extra_byte
 
 
 def test_one_example_slices_for_unfolding_and_storing_are_exact(monkeypatch):
-    monkeypatch.setattr(conv, "UNFOLD_CHUNK_ELEMENTS", 1)
-    monkeypatch.setattr(conv, "UNFOLD_CHUNK_ELEMENTS_CUDA", 1)
-    monkeypatch.setattr(layerwise, "STORE_SLICE_BYTES", 1)
-    monkeypatch.setattr(layerwise, "STORE_SLICE_BYTES_CUDA", 1)
+    monkeypatch.setitem(memory.SLICE_BYTES, "cpu", 1)  # unfolding and storing alike
+    monkeypatch.setitem(memory.SLICE_BYTES, "cuda", 1)
     x, y = data()
     check_against_references(conv_net(), xent, x, y, strategies=("materialize", "bookkeeping", "auto"))
 

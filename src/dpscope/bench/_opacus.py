@@ -52,17 +52,17 @@ def available() -> bool:
     return True
 
 
-def clip_per_example_bounds(optimizer, max_grad_norm: float, fractions) -> Callable[[torch.Tensor], None]:
-    """Make an Opacus DPOptimizer clip example i to fractions[y_i] * C, as dpscope's --class-clip
-    does; returns `set_targets`, to call with each batch's labels before `optimizer.step()`.
+def clip_per_example_bounds(optimizer, max_grad_norm: float, class_clip) -> Callable[[torch.Tensor], None]:
+    """Make an Opacus DPOptimizer clip example i to class_clip.of(y_i) * C, as dpscope's
+    --class-clip does (`class_clip`: a dpscope.class_clip.ClassClip); returns `set_targets`, to
+    call with each batch's labels before `optimizer.step()`.
 
     Opacus has no per-example bounds, but its clipping divides `max_grad_norm` by the per-sample
     norms, so a (B,) tensor there clips each example to its own bound. It is set for the clipping
     only: the noise keeps reading the scalar C, the sensitivity.
     """
-    table = (torch.as_tensor(tuple(fractions), dtype=torch.float64) * max_grad_norm).float()
     clip_scalar = optimizer.clip_and_accumulate
-    bounds = table.new_empty(0)
+    bounds = torch.empty(0)
 
     def clip_with_bounds() -> None:
         optimizer.max_grad_norm = bounds
@@ -73,7 +73,7 @@ def clip_per_example_bounds(optimizer, max_grad_norm: float, fractions) -> Calla
 
     def set_targets(targets: torch.Tensor) -> None:
         nonlocal bounds
-        bounds = table.to(targets.device)[targets]
+        bounds = class_clip.of(targets) * max_grad_norm
 
     optimizer.clip_and_accumulate = clip_with_bounds
     return set_targets

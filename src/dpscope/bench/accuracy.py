@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 
-from dpscope.class_clip import parse_class_clip
+from dpscope.class_clip import ClassClip, parse_class_clip
 from dpscope.config import make_run_config
 from dpscope.device import describe_device, resolve_device
 from dpscope.errors import ConfigError
@@ -427,8 +427,8 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         data_loader=loader, target_epsilon=spec.epsilon, target_delta=spec.delta, epochs=r.epochs,
         max_grad_norm=r.max_grad_norm, poisson_sampling=True)
     # the same per-class clipping bounds as dpscope's run, if any
-    set_targets = (None if r.class_clip is None
-                   else clip_per_example_bounds(optimizer, r.max_grad_norm, r.class_clip))
+    set_targets = (None if r.class_clip is None else clip_per_example_bounds(
+        optimizer, r.max_grad_norm, ClassClip(r.class_clip, dataset.class_names)))
     # the same schedule as dpscope's runs, by step (Opacus's loader has 1/q batches an epoch)
     schedule = build_lr_schedule(make_run_config(epochs=r.epochs, lr_schedule=r.lr_schedule,
                                                  warmup_epochs=r.warmup_epochs), len(loader))

@@ -32,7 +32,8 @@ from torch.nn import functional as F
 
 from dpscope import clipping
 from dpscope.bench import _opacus
-from dpscope.device import describe_device, resolve_device, synchronize
+from dpscope.device import describe_device, reset_peak_memory, resolve_device, synchronize
+from dpscope.device import peak_memory_mb as device_peak_mb
 from dpscope.errors import ConfigError
 from dpscope.io import write_json_atomic
 from dpscope.models import build_model
@@ -125,12 +126,12 @@ def _cuda_peak_mb(variant: str, model_name: str, batch_size: int, device: torch.
     step = make_step(variant, model_name, batch_size, device=device)
     synchronize(device)
     torch.cuda.empty_cache()
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
+    before_mb = torch.cuda.memory_allocated(device) / 2**20
+    reset_peak_memory(device)
     for _ in range(steps):
         step()
     synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    return device_peak_mb(device) - before_mb
 
 
 def peak_memory_mb(variant: str, model_name: str, batch_size: int, threads: int, steps: int = 3) -> float:

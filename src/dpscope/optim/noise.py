@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dpscope.device import device_present
+
 _TWO_PI = 2 * math.pi
 
 
@@ -80,13 +82,8 @@ class GaussianNoise:
         self.seed, self.secure = state["seed"], state["secure"]
         self._generators, self._elsewhere = {}, {}
         for key, generator_state in state["generators"].items():
-            if _device_present(torch.device(key)):
+            if device_present(torch.device(key)):
                 self._generator(torch.device(key)).set_state(generator_state)
             else:
                 self._elsewhere[key] = generator_state
 
-
-def _device_present(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
-    return True

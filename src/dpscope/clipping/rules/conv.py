@@ -19,17 +19,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dpscope.clipping.memory import slice_bytes
 from dpscope.clipping.registry import Grads, LayerRule
 from dpscope.clipping.rules._common import MATERIALIZED_ENTRY_COST, sequence_ghost_sq_norm
-
-# Unfolded patches are prod(kernel) times the input: unfold at most this many entries at once
-# (2**19 floats = 2 MB in float32), a batch slice at a time, so this scratch does not set the
-# step's peak memory (measured: 38 MB on a WRN-16-4 layer at batch 32, 20 % of the step's peak)
-# and fits the heap's holes; step time unchanged from 8 MB slices on WRN-16-4 and ResNet-20.
-UNFOLD_CHUNK_ELEMENTS = 2**19
-# On a GPU a slice is one batched matmul launch: small slices leave it idle between launches
-# (ResNet-18 at batch 128 ran 128 one-example slices per layer). 2**26 floats = 256 MB.
-UNFOLD_CHUNK_ELEMENTS_CUDA = 2**26
 
 Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
 
@@ -88,10 +80,10 @@ def _bias_grads(layer: Conv, d: torch.Tensor) -> torch.Tensor:
 
 
 def _batch_slices(layer: Conv, d: torch.Tensor) -> list[slice]:
-    """Batch slices whose unfolded patches stay under the device's unfold budget."""
+    """Batch slices whose unfolded patches (prod(kernel) times the input) stay within the
+    device's slice bytes (`clipping.memory.slice_bytes`)."""
     per_example = layer.in_channels * math.prod(layer.kernel_size) * math.prod(d.shape[2:])
-    budget = UNFOLD_CHUNK_ELEMENTS_CUDA if d.device.type == "cuda" else UNFOLD_CHUNK_ELEMENTS
-    step = max(1, budget // max(1, per_example))
+    step = max(1, slice_bytes(d.device) // d.element_size() // max(1, per_example))
     return [slice(start, start + step) for start in range(0, d.shape[0], step)]
 
 

@@ -28,6 +28,7 @@ import torch
 
 from dpscope.clipping.capture import LayerCall, capture
 from dpscope.clipping.clip_rules import ClipRule, weights_with_bound_scales
+from dpscope.clipping.memory import slice_bytes
 from dpscope.clipping.registry import Grads, LayerSlot
 from dpscope.clipping.result import ClipResult
 from dpscope.clipping.rules._common import flat_sq_norm, weighted_example_sum
@@ -38,15 +39,6 @@ from dpscope.device import exact_float32
 
 Sums = dict[str, torch.Tensor]
 Stored = list[tuple[slice, Grads]]  # materialised per-example gradients, one entry per batch slice
-
-# Materialised gradients are formed and kept a batch slice of at most this many bytes at a time.
-# Whole-layer blocks (12 MB for a ViT qkv at batch 64) fit none of the holes that the backward
-# leaves as it frees activations, so the heap grew by each of them (measured: RSS 1.7x
-# non-private on vit_tiny at batch 64 where the live bytes were 1.25x); slices fit those holes.
-STORE_SLICE_BYTES = 2**21
-# A GPU's caching allocator has no such holes, and every slice is kernel launches: one example
-# per slice on ResNet-18's 512-channel layers (9 MB each) left it idle. 2**28 bytes = 256 MB.
-STORE_SLICE_BYTES_CUDA = 2**28
 
 
 def _effective(plan: LayerPlan, calls: int, rows_apart: bool) -> LayerPlan:
@@ -146,12 +138,14 @@ class _Pass:
                 del self.stored[i]
 
     def _slice_grads(self, slot: LayerSlot, plan: LayerPlan, a: torch.Tensor, d: torch.Tensor) -> Iterator[tuple[slice, Grads]]:
-        """(examples, their per-example grads) in slices of at most the device's slice bytes."""
+        """(examples, their per-example grads) in slices within the device's slice bytes
+        (`clipping.memory.slice_bytes`; whole-layer blocks, 12 MB for a ViT qkv at batch 64,
+        fit none of the holes the backward leaves in a CPU heap)."""
         rule = slot.rule
         fn = {"crb": rule.crb_grads, "fastest": rule.fastest_grads}.get(plan.norm) or rule.per_example_grads
         rows = self.rows if self.rows > 1 and not rule.rows_as_positions else 1  # rows per example in a, d
-        budget = STORE_SLICE_BYTES_CUDA if a.device.type == "cuda" else STORE_SLICE_BYTES
-        for sl in _slices(a.shape[0] // rows, budget // max(1, slot.trainable_numel * a.element_size())):
+        per_example = slot.trainable_numel * a.element_size()
+        for sl in _slices(a.shape[0] // rows, slice_bytes(a.device) // max(1, per_example)):
             grads = fn(slot.module, a[sl.start * rows : sl.stop * rows], d[sl.start * rows : sl.stop * rows])
             grads = {n: grads[n] for n in slot.param_names}  # rules may also return frozen ones
             if rows > 1:  # per-row (b*K, ...) -> per example
