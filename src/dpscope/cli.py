@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Speed and memory benchmarks.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+privacy_app = typer.Typer(help="Privacy spent across runs.", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
 
 
 def user_errors_exit_2(command):
@@ -250,6 +252,35 @@ def perturb(
     if not quiet:
         _print_written("perturb", [("guarantee", perturbation_statement(record))],
                       [str(out), str(out.with_suffix(".json"))])
+
+
+@privacy_app.command("compose")
+@user_errors_exit_2
+def privacy_compose(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run folders trained on the same data (dpscope runs, or the accuracy benchmark's Opacus twins)")],
+    delta: Annotated[Optional[float], typer.Option(help="delta of the total (default: the runs' own, when they agree)")] = None,
+    accountant: Annotated[str, typer.Option(help="pld or rdp")] = "pld",
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the record here")] = None,
+) -> None:
+    """Epsilon of several runs on the same data together, e.g. everything a tuning procedure
+    trained: their ledgers composed by dp_accounting (unfinished runs count their whole plan)."""
+    from dpscope.console import console
+    from dpscope.io import write_json_atomic
+    from dpscope.privacy import ACCOUNTANTS
+    from dpscope.privacy.composition import compose_runs, spend_table
+
+    if accountant not in ACCOUNTANTS:
+        raise ConfigError(f"--accountant must be one of {', '.join(ACCOUNTANTS)}, got {accountant!r}")
+    if delta is not None and not 0 < delta < 1:
+        raise ConfigError(f"--delta must lie in (0, 1), got {delta:g}")
+    composed = compose_runs(run_dirs, delta=delta, accountant=accountant)
+    console.print(spend_table(composed))
+    console.print(f"[bold]together[/bold]: epsilon {composed.epsilon:.4g} at delta "
+                  f"{composed.delta:g} ({len(composed.runs)} runs, {accountant}, "
+                  "add-or-remove-one)", highlight=False)
+    if json_path is not None:
+        write_json_atomic(json_path, composed.to_dict())
+        console.print(f"wrote {escape(str(json_path))}", highlight=False)
 
 
 def _print_written(command: str, facts: list[tuple[str, str]], paths: list[str]) -> None:
