@@ -68,3 +68,18 @@ def test_freeze_override_reaches_the_private_recipes_only() -> None:
     assert by_variant["dpscope"].recipe.freeze == by_variant["opacus"].recipe.freeze == "stages.2"
     assert by_variant["nonprivate"].recipe.freeze is None
     assert "-frz" in by_variant["dpscope"].name and "-frz" not in by_variant["nonprivate"].name
+
+
+def test_auto_clip_override_reaches_the_private_recipes_only() -> None:
+    on = {s.variant: s for s in plan_grid(["pneumoniamnist"], ["cnn"], [8.0], [0], ["nonprivate", "dpscope", "opacus"],
+                                          private_changes=dict(auto_clip=True))}
+    assert on["dpscope"].recipe.auto_clip and on["opacus"].recipe.auto_clip
+    assert not on["nonprivate"].recipe.auto_clip
+    off = plan_grid(["pneumoniamnist"], ["resnet20"], [1.0], [0], ["dpscope"], private_changes=dict(auto_clip=False))
+    assert not off[0].recipe.auto_clip  # --no-auto-clip turns a tuned recipe's off
+
+
+def test_auto_clip_flag_parses_both_ways(tmp_path) -> None:
+    for flag in ("--auto-clip", "--no-auto-clip"):
+        result = invoke("--dataset", "digits", "--variant", "nope", flag, "--out", str(tmp_path / "o"))
+        assert result.exit_code == 2 and "nope" in result.output  # parsed, then refused for the variant

@@ -95,6 +95,7 @@ def bench_accuracy(
     warmup_epochs: Annotated[Optional[float], typer.Option(help="override: linear learning-rate warm-up epochs (private runs, Opacus too)")] = None,
     freeze: Annotated[Optional[str], typer.Option(help="override: comma-separated parameter name patterns kept at their random init (private runs, Opacus too)")] = None,
     class_clip: Annotated[Optional[str], typer.Option(help="override: clipping bound per class as fractions of C, largest 1, e.g. 1,0.35 (private runs, Opacus too)")] = None,
+    auto_clip: Annotated[Optional[bool], typer.Option("--auto-clip/--no-auto-clip", help="override: normalise instead of clip, Bu et al. 2023 (private runs, Opacus too)")] = None,
     threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
     jobs: Annotated[int, typer.Option(help="runs at a time (separate processes)")] = 1,
     device: Annotated[str, typer.Option(help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N")] = "auto",
@@ -112,7 +113,8 @@ def bench_accuracy(
                      accountant=accountant, batch_size=batch_size, lr=lr, momentum=momentum,
                      max_grad_norm=max_grad_norm, epochs=epochs, ema_decay=ema_decay,
                      lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, freeze=freeze, class_clip=class_clip,
-                     threads=threads, jobs=jobs, device=device, json_path=json_path, echo=typer.echo)
+                     auto_clip=auto_clip, threads=threads, jobs=jobs, device=device, json_path=json_path,
+                     echo=typer.echo)
 
 
 def _given(**options) -> dict:

@@ -243,3 +243,18 @@ def test_a_group_says_which_device_its_runs_ran_on() -> None:
     assert _device_label(["cpu (x86_64)", h100]) == "mixed"
     assert _device_label(["unrecorded", h100]) == "mixed"  # a run read back from before devices
     assert _device_label(["unrecorded"]) == "-"
+
+
+def test_auto_clip_reaches_dpscope_and_opacus_runs_and_the_table(tmp_path) -> None:
+    recipe = Recipe(**{**asdict(TINY), "auto_clip": True})
+    specs = plan_grid(["digits"], ["mlp"], [8.0], [0], ["dpscope", "opacus"], private_changes=asdict(recipe))
+    assert "-autoclip" in specs[0].name and "-autoclip" not in plan_grid(
+        ["digits"], ["mlp"], [8.0], [0], ["dpscope"], private_changes=asdict(TINY))[0].name
+    lines: list[str] = []
+    record = run_accuracy_benchmark(specs, tmp_path / "out", echo=lines.append)
+    config = json.loads((tmp_path / "out" / "runs" / specs[0].name / "config.json").read_text())
+    assert config["config"]["auto_clip"] is True
+    ledger = json.loads((tmp_path / "out" / "runs" / specs[0].name / "privacy_ledger.json").read_text())
+    assert ledger["plan"]["clip_kind"] == "automatic"
+    assert [r["variant"] for r in record["rows"]] == ["dpscope"] + (["opacus"] if HAVE_OPACUS else [])
+    assert "auto-clip" in next(line for line in lines if line.startswith("dataset"))

@@ -77,3 +77,45 @@ def clip_per_example_bounds(optimizer, max_grad_norm: float, class_clip) -> Call
 
     optimizer.clip_and_accumulate = clip_with_bounds
     return set_targets
+
+
+def clip_automatically(optimizer, max_grad_norm: float, class_clip=None) -> Callable[[torch.Tensor], None]:
+    """Make an Opacus DPOptimizer normalise instead of clip, as dpscope's --auto-clip does (Bu
+    et al. 2023), with per-class bounds if `class_clip` is given; returns `set_targets`, to call
+    with each batch's labels before `optimizer.step()`.
+
+    Opacus has no automatic clipping, and its clipping factor is capped at 1, so no bound passed
+    to it can scale a small gradient up. Its clip-and-accumulate stage is therefore replaced:
+    Opacus's per-sample gradients are weighted by dpscope's AutoClip rule and summed into
+    `summed_grad`, where Opacus's noise (which reads the scalar C) takes over.
+    """
+    from dpscope.clipping.clip_rules import AutoClip, weights_with_bound_scales
+
+    rule = AutoClip(max_grad_norm)
+    scales = None
+
+    def clip_and_accumulate() -> None:
+        samples = optimizer.grad_samples  # one (B, ...) tensor per trainable parameter
+        norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=1) for g in samples], dim=1).norm(2, dim=1)
+        weights = weights_with_bound_scales(rule, {"all": norms.square()}, norms, scales)["all"]
+        for p, sample in zip(optimizer.params, samples):
+            summed = torch.einsum("i,i...->...", weights.to(sample), sample)
+            p.summed_grad = summed if p.summed_grad is None else p.summed_grad + summed
+
+    def set_targets(targets: torch.Tensor) -> None:
+        nonlocal scales
+        scales = None if class_clip is None else class_clip.of(targets)
+
+    optimizer.clip_and_accumulate = clip_and_accumulate
+    return set_targets
+
+
+def match_clipping(optimizer, max_grad_norm: float, automatic: bool,
+                   class_clip=None) -> Callable[[torch.Tensor], None] | None:
+    """Give an Opacus DPOptimizer the clipping of a dpscope recipe: automatic or flat, with
+    per-class bounds or not. Returns `set_targets` (None for Opacus's own flat clipping)."""
+    if automatic:
+        return clip_automatically(optimizer, max_grad_norm, class_clip)
+    if class_clip is not None:
+        return clip_per_example_bounds(optimizer, max_grad_norm, class_clip)
+    return None

@@ -70,6 +70,7 @@ class Recipe:
     warmup_epochs: float = 0.0  # linear learning-rate warm-up
     freeze: str | None = None  # parameter name patterns kept at their random init (dpscope.models.freeze)
     class_clip: tuple[float, ...] | None = None  # bound per class, fractions of C (dpscope.class_clip)
+    auto_clip: bool = False  # normalise instead of clip (Bu et al. 2023; the Opacus twin too)
 
     @property
     def averaging(self) -> float | None:
@@ -100,8 +101,9 @@ PRIVATE_RECIPES: dict[tuple[str, float], Recipe] = {
 # A model's own recipe where one was tuned for it, (dataset, model, target epsilon); it replaces the
 # dataset's recipe above for that model at every epsilon (the closest tuned epsilon is used).
 # resnet20: chosen on the validation split at eps 8 (see TUNING); eps 3 follows the cnn's lr
-# ratio and is not tuned; at eps 1 the last stage's convolutions stay at their random init and
-# pneumonia (the majority class) is clipped to 0.35 C (see TUNING).
+# ratio and is not tuned; at eps 1 the last stage's convolutions stay at their random init,
+# per-example gradients are normalised (automatic clipping) and pneumonia (the majority class)
+# is bounded by 0.35 C (see TUNING).
 RESNET20_LAST_STAGE_CONVS = "stages.2.*.conv?.weight,stages.2.0.shortcut.0.weight"
 MODEL_PRIVATE_RECIPES: dict[tuple[str, str, float], Recipe] = {
     ("pneumoniamnist", "resnet20", 8.0): Recipe(batch_size=428, lr=4.0, momentum=0.0, epochs=20,
@@ -110,7 +112,7 @@ MODEL_PRIVATE_RECIPES: dict[tuple[str, str, float], Recipe] = {
                                                 ema_decay=0.95),
     ("pneumoniamnist", "resnet20", 1.0): Recipe(batch_size=428, lr=4.0, momentum=0.0, epochs=20,
                                                 ema_decay=0.95, freeze=RESNET20_LAST_STAGE_CONVS,
-                                                class_clip=(1.0, 0.35)),
+                                                class_clip=(1.0, 0.35), auto_clip=True),
 }
 NONPRIVATE_RECIPES: dict[str, Recipe] = {
     "pneumoniamnist": Recipe(batch_size=64, lr=0.05, momentum=0.9, epochs=20),
@@ -205,6 +207,14 @@ TUNING: tuple[str, ...] = (
     "0.5 C .748/.748/.742 (mean .746: the majority class), against 0.35 C .782/.853/.802 (mean "
     ".812) -> 0.35 kept; the working range is narrow (val balanced accuracy, now recorded: "
     ".646, .690, .595, .507 against .693)",
+    "resnet20 eps 1, session 8, automatic clipping (Bu et al. 2023) in the eps-1 recipe (stage 3 "
+    "frozen, pneumonia 0.35 C, lr 4, EMA 0.95, 20 ep; seeds 0-2, final-epoch val acc, CPU): "
+    ".853/.769/.872 (mean .831; balanced .729/.832/.783, mean .781; AUC .948) against flat "
+    "clipping's .812 (balanced .693) -> chosen. Why it might: normalised, every example pulls "
+    "with exactly its class's bound, so 0.35 (about the ratio of normal to pneumonia images, "
+    "1214/3494) balances the classes' total pull at every step, where under flat clipping "
+    "pneumonia's small gradients fall below the bound and the balance drifts. With EMA 0.99 "
+    "seed 0 ended at the majority class (.742) and seed 1 was stopped unfinished",
     "resnet18 (session 7, H100): the cnn's eps-8 recipe, untuned (b428 lr 2 40 ep, pneumonia "
     "0.7 C), seeds 0-2 val .950/.943/.947",
     "privacy: each run's epsilon covers that run only. Selecting among k private runs on the same "
@@ -212,7 +222,7 @@ TUNING: tuple[str, ...] = (
     "composition (pneumoniamnist cnn: 25 runs at eps 8 + 11 augmented + 6 with class bounds, 10 "
     "at eps 1, 6 at eps 3; resnet20: 3 finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the "
     "choice, 13 at eps 1 plus 4 stopped before session 6, which added 9 finished and 4 stopped, and "
-    "session 7 12 more plus 3 on a GPU; cnn 3 more at eps 8 on a GPU; resnet18: 3 at eps 8 on a "
+    "session 7 12 more plus 3 on a GPU, session 8 4 finished and 1 stopped; cnn 3 more at eps 8 on a GPU; resnet18: 3 at eps 8 on a "
     "GPU; each GPU run also had an Opacus twin; digits: 18 at eps 1)",
 )
 
@@ -288,8 +298,9 @@ class RunSpec:
         schedule = f"-{r.schedule_label}" if r.schedule_label else ""
         frozen = "" if r.freeze is None else f"-frz{hashlib.sha1(r.freeze.encode()).hexdigest()[:6]}"
         class_clip = "" if r.class_clip is None else "-cc" + "_".join(f"{f:g}" for f in r.class_clip)
+        auto_clip = "-autoclip" if r.auto_clip else ""
         return (f"{self.dataset}-{self.model}-{self.variant}{privacy}-b{r.batch_size}-lr{r.lr:g}"
-                f"-m{r.momentum:g}-ep{r.epochs}{schedule}{frozen}{class_clip}{augment}{ema}-seed{self.seed}")
+                f"-m{r.momentum:g}-ep{r.epochs}{schedule}{frozen}{class_clip}{auto_clip}{augment}{ema}-seed{self.seed}")
 
 
 def plan_grid(datasets: Sequence[str], models: Sequence[str], epsilons: Sequence[float],
@@ -370,7 +381,7 @@ def _train_dpscope(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     r = spec.recipe
     privacy = {} if spec.epsilon is None else dict(
         epsilon=spec.epsilon, delta=spec.delta, max_grad_norm=r.max_grad_norm,
-        accountant=spec.accountant, clipping="auto")
+        accountant=spec.accountant, clipping="auto", auto_clip=r.auto_clip)
     config = make_run_config(dataset=spec.dataset, model=spec.model, epochs=r.epochs,
                              batch_size=r.batch_size, lr=r.lr, momentum=r.momentum,
                              optimizer="sgd", seed=spec.seed, threads=spec.threads,
@@ -401,7 +412,7 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     from torch.utils.data import DataLoader, TensorDataset
 
     from dpscope.averaging import WeightAverage
-    from dpscope.bench._opacus import clip_per_example_bounds
+    from dpscope.bench._opacus import match_clipping
     from dpscope.data import load_dataset
     from dpscope.metrics import classification_metrics, predict
     from dpscope.models import build_model, freeze_parameters
@@ -426,9 +437,10 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         module=model, optimizer=torch.optim.SGD(trainable, lr=r.lr, momentum=r.momentum),
         data_loader=loader, target_epsilon=spec.epsilon, target_delta=spec.delta, epochs=r.epochs,
         max_grad_norm=r.max_grad_norm, poisson_sampling=True)
-    # the same per-class clipping bounds as dpscope's run, if any
-    set_targets = (None if r.class_clip is None else clip_per_example_bounds(
-        optimizer, r.max_grad_norm, ClassClip(r.class_clip, dataset.class_names)))
+    # the same clipping as dpscope's run: per-class bounds, automatic clipping, if any
+    set_targets = match_clipping(
+        optimizer, r.max_grad_norm, r.auto_clip,
+        None if r.class_clip is None else ClassClip(r.class_clip, dataset.class_names))
     # the same schedule as dpscope's runs, by step (Opacus's loader has 1/q batches an epoch)
     schedule = build_lr_schedule(make_run_config(epochs=r.epochs, lr_schedule=r.lr_schedule,
                                                  warmup_epochs=r.warmup_epochs), len(loader))
@@ -605,6 +617,8 @@ def format_table(groups: Sequence[dict[str, Any]]) -> str:
             recipe += f" freeze {r['freeze']}"
         if r.get("class_clip"):
             recipe += " class-clip " + ",".join(f"{f:g}" for f in r["class_clip"])
+        if r.get("auto_clip"):
+            recipe += " auto-clip"
         eps = "-" if g["target_epsilon"] is None else f"{g['target_epsilon']:g}"
         sigma = g["noise_multiplier"]["mean"]
         lines.append(
@@ -747,7 +761,8 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
                      max_grad_norm: float | None = None, epochs: int | None = None,
                      ema_decay: float | None = None, lr_schedule: str | None = None,
                      warmup_epochs: float | None = None, freeze: str | None = None,
-                     class_clip: str | None = None, threads: int = 1, jobs: int = 1,
+                     class_clip: str | None = None, auto_clip: bool | None = None,
+                     threads: int = 1, jobs: int = 1,
                      device: str = "auto", json_path: Path | None = None,
                      echo: Callable[[str], None] = print) -> dict[str, Any]:
     """The benchmark as `benchmarks/accuracy.py` and `dpscope bench accuracy` run it: the tuned
@@ -767,7 +782,8 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
     changes = dict(batch_size=batch_size, lr=lr, momentum=momentum, max_grad_norm=max_grad_norm,
                    epochs=epochs, ema_decay=ema_decay, lr_schedule=lr_schedule,
                    warmup_epochs=warmup_epochs, freeze=freeze or None,
-                   class_clip=None if class_clip is None else parse_class_clip(class_clip))
+                   class_clip=None if class_clip is None else parse_class_clip(class_clip),
+                   auto_clip=auto_clip)
     specs = plan_grid(datasets, models, epsilons, seeds, variants, accountant=accountant,
                       threads=threads, device=device, private_changes=changes,
                       nonprivate_changes=dict(epochs=epochs))
