@@ -42,7 +42,8 @@ def test_bad_option_gives_one_line_and_exit_code_2(tmp_path) -> None:
                           (("--warmup-epochs", "-1"), "warmup_epochs"),
                           (("--warmup-epochs", "30"), "warmup_epochs"),
                           (("--freeze", "fc,,conv"), "empty pattern"),
-                          (("--class-clip", "1,2"), "(0, 1]")]:
+                          (("--class-clip", "1,2"), "(0, 1]"),
+                          (("--auto-clip-stability", "0"), "auto_clip_stability")]:
         result = invoke("--dataset", "digits", "--out", str(tmp_path / "o"), *args)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
@@ -83,3 +84,13 @@ def test_auto_clip_flag_parses_both_ways(tmp_path) -> None:
     for flag in ("--auto-clip", "--no-auto-clip"):
         result = invoke("--dataset", "digits", "--variant", "nope", flag, "--out", str(tmp_path / "o"))
         assert result.exit_code == 2 and "nope" in result.output  # parsed, then refused for the variant
+
+
+def test_auto_clip_stability_override_reaches_the_private_recipes_and_their_names() -> None:
+    specs = {s.variant: s for s in plan_grid(["pneumoniamnist"], ["resnet20"], [1.0], [0],
+                                             ["nonprivate", "dpscope", "opacus"],
+                                             private_changes=dict(auto_clip=True, auto_clip_stability=0.3))}
+    assert specs["dpscope"].recipe.auto_clip_stability == specs["opacus"].recipe.auto_clip_stability == 0.3
+    assert "-autoclip0.3-" in specs["dpscope"].name
+    default = plan_grid(["pneumoniamnist"], ["resnet20"], [1.0], [0], ["dpscope"], private_changes=dict(auto_clip=True))
+    assert "-autoclip-" in default[0].name  # runs from before the option keep their names

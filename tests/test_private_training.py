@@ -5,11 +5,11 @@ import json
 import pytest
 
 from dpscope.config import make_run_config
-from dpscope.errors import PrivacyError
+from dpscope.errors import ConfigError, PrivacyError
 from dpscope.io import read_jsonl
 from dpscope.privacy import PrivacyLedger, epsilon_spent
 from dpscope.train import train
-from loop_helpers import whole_and_resumed
+from loop_helpers import assert_train_refuses, whole_and_resumed
 
 PRIVATE = dict(dataset="digits", model="mlp", epochs=3, batch_size=128, lr=0.5, momentum=0.0,
                threads=1, epsilon=3.0, max_grad_norm=1.0)
@@ -41,6 +41,22 @@ def test_private_resume_reproduces_uninterrupted_run(tmp_path):
 def test_clipping_variants_train_and_account(tmp_path, option):
     summary = train(make_run_config(**{**PRIVATE, "epochs": 1, **option}), run_dir=tmp_path / "r")
     assert summary["epsilon"] <= 3.0 and summary["test_accuracy"] > 0.1
+
+
+def test_auto_clip_stability_reaches_the_plan_the_ledger_and_the_summary(tmp_path):
+    config = make_run_config(**{**PRIVATE, "epochs": 1, "auto_clip": True, "auto_clip_stability": 0.5})
+    summary = train(config, run_dir=tmp_path / "r")
+    ledger = json.loads((tmp_path / "r" / "privacy_ledger.json").read_text())
+    assert ledger["plan"]["clip_kind"] == "automatic" and ledger["plan"]["auto_clip_stability"] == 0.5
+    assert summary["auto_clip_stability"] == 0.5 and "(||g|| + 0.5)" in summary["privacy_statement"]
+
+
+def test_auto_clip_stability_without_auto_clip_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="add auto_clip"):
+        make_run_config(**{**PRIVATE, "auto_clip_stability": 0.5})
+    assert_train_refuses(tmp_path, ["--epsilon", "3", "--auto-clip-stability", "0.5"], "add auto_clip")
+    assert_train_refuses(tmp_path, ["--epsilon", "3", "--auto-clip", "--auto-clip-stability", "0"],
+                         "auto_clip_stability")
 
 
 def test_noise_multiplier_instead_of_epsilon(tmp_path):

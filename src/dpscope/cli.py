@@ -96,6 +96,7 @@ def bench_accuracy(
     freeze: Annotated[Optional[str], typer.Option(help="override: comma-separated parameter name patterns kept at their random init (private runs, Opacus too)")] = None,
     class_clip: Annotated[Optional[str], typer.Option(help="override: clipping bound per class as fractions of C, largest 1, e.g. 1,0.35 (private runs, Opacus too)")] = None,
     auto_clip: Annotated[Optional[bool], typer.Option("--auto-clip/--no-auto-clip", help="override: normalise instead of clip, Bu et al. 2023 (private runs, Opacus too)")] = None,
+    auto_clip_stability: Annotated[Optional[float], typer.Option(help="override: automatic clipping's gamma in g C / (||g|| + gamma) (private runs, Opacus too)")] = None,
     threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
     jobs: Annotated[int, typer.Option(help="runs at a time (separate processes)")] = 1,
     device: Annotated[str, typer.Option(help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N")] = "auto",
@@ -113,7 +114,7 @@ def bench_accuracy(
                      accountant=accountant, batch_size=batch_size, lr=lr, momentum=momentum,
                      max_grad_norm=max_grad_norm, epochs=epochs, ema_decay=ema_decay,
                      lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, freeze=freeze, class_clip=class_clip,
-                     auto_clip=auto_clip, threads=threads, jobs=jobs, device=device, json_path=json_path,
+                     auto_clip=auto_clip, auto_clip_stability=auto_clip_stability, threads=threads, jobs=jobs, device=device, json_path=json_path,
                      echo=typer.echo)
 
 
@@ -148,6 +149,7 @@ def train(
     secure_rng: Annotated[bool, typer.Option("--secure-rng", help="draw noise from the OS's randomness (slower, not reproducible)")] = False,
     clip_per_layer: Annotated[bool, typer.Option("--clip-per-layer", help="a clipping bound per layer, total sensitivity still C")] = False,
     auto_clip: Annotated[bool, typer.Option("--auto-clip", help="normalise per-example gradients instead of clipping (Bu et al. 2023)")] = False,
+    auto_clip_stability: Annotated[Optional[float], typer.Option(help="with --auto-clip, gamma in g C / (||g|| + gamma) (default 0.01): larger, well-fit examples (small gradients) pull less; sensitivity unchanged")] = None,
     class_clip: Annotated[Optional[str], typer.Option(help="per class, the fraction of --max-grad-norm its examples are clipped to, largest 1, e.g. 1,0.35 against a majority class 1 (sensitivity unchanged)")] = None,
     augment: Annotated[Optional[str], typer.Option(help="augment training images: crop, crop,flip or crop:2,flip (random crop with reflect padding, 4 px unless given; horizontal flip)")] = None,
     augment_multiplicity: Annotated[Optional[int], typer.Option(help="augmented copies per example (needs --augment); private: the mean over copies is clipped, the guarantee is unchanged")] = None,
@@ -177,7 +179,8 @@ def train(
         lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, seed=seed, threads=threads, device=device, epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm, clipping=clipping, accountant=accountant,
         physical_batch_size=physical_batch_size, secure_rng=secure_rng,
-        clip_per_layer=clip_per_layer, auto_clip=auto_clip, augment=augment,
+        clip_per_layer=clip_per_layer, auto_clip=auto_clip, auto_clip_stability=auto_clip_stability,
+        augment=augment,
         augment_multiplicity=augment_multiplicity, ema_decay=ema_decay, freeze=freeze,
         class_clip=None if class_clip is None else parse_class_clip(class_clip),
         track_dynamics=track_dynamics,

@@ -73,6 +73,10 @@ class RunConfig(BaseModel):
     secure_rng: bool = False
     clip_per_layer: bool = False
     auto_clip: bool = False
+    auto_clip_stability: float = Field(
+        0.01, gt=0, description="automatic clipping's gamma in g C / (||g|| + gamma): near 0 every "
+        "example pulls with C; larger, an example pulls with C ||g|| / (||g|| + gamma), so "
+        "well-fit examples pull less; the sensitivity stays C")
     class_clip: tuple[float, ...] | None = Field(
         None, description="per class, the fraction in (0, 1] of max_grad_norm its examples are "
         "clipped to (the largest 1), e.g. [1, 0.35] against a majority class 1; the sensitivity "
@@ -118,6 +122,8 @@ class RunConfig(BaseModel):
             raise ValueError("delta must be in (0, 1)")
         if self.clip_per_layer and self.auto_clip:
             raise ValueError("clip_per_layer and auto_clip exclude each other")
+        if "auto_clip_stability" in self.model_fields_set and not self.auto_clip:
+            raise ValueError("auto_clip_stability applies to automatic clipping only; add auto_clip")
         return self
 
     @model_validator(mode="before")

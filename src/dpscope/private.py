@@ -42,7 +42,7 @@ def make_plan(config: RunConfig, dataset_size: int, model: torch.nn.Module) -> P
         options.update(clip_kind="per_layer", per_layer_max_grad_norms=tuple(
             equal_per_layer_split(config.max_grad_norm, layers).items()))
     elif config.auto_clip:
-        options.update(clip_kind="automatic")
+        options.update(clip_kind="automatic", auto_clip_stability=config.auto_clip_stability)
     if config.epsilon is not None:
         return PrivacyPlan.for_target(target_epsilon=config.epsilon, **options)
     return PrivacyPlan.for_noise(noise_multiplier=config.noise_multiplier, **options)
@@ -157,6 +157,7 @@ class PrivateTraining:
             "accountant": plan.accountant,
             "max_grad_norm": plan.max_grad_norm,
             "clip_kind": plan.clip_kind,
+            "auto_clip_stability": plan.auto_clip_stability if plan.clip_kind == "automatic" else None,
             "class_clip": None if self.class_clip is None else dict(
                 zip(self.class_clip.class_names, self.class_clip.fractions)),
             "clipping_strategy": self.strategy,

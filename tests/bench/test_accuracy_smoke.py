@@ -246,7 +246,7 @@ def test_a_group_says_which_device_its_runs_ran_on() -> None:
 
 
 def test_auto_clip_reaches_dpscope_and_opacus_runs_and_the_table(tmp_path) -> None:
-    recipe = Recipe(**{**asdict(TINY), "auto_clip": True})
+    recipe = Recipe(**{**asdict(TINY), "auto_clip": True, "auto_clip_stability": 0.5})
     specs = plan_grid(["digits"], ["mlp"], [8.0], [0], ["dpscope", "opacus"], private_changes=asdict(recipe))
     assert "-autoclip" in specs[0].name and "-autoclip" not in plan_grid(
         ["digits"], ["mlp"], [8.0], [0], ["dpscope"], private_changes=asdict(TINY))[0].name
@@ -255,6 +255,6 @@ def test_auto_clip_reaches_dpscope_and_opacus_runs_and_the_table(tmp_path) -> No
     config = json.loads((tmp_path / "out" / "runs" / specs[0].name / "config.json").read_text())
     assert config["config"]["auto_clip"] is True
     ledger = json.loads((tmp_path / "out" / "runs" / specs[0].name / "privacy_ledger.json").read_text())
-    assert ledger["plan"]["clip_kind"] == "automatic"
+    assert ledger["plan"]["clip_kind"] == "automatic" and ledger["plan"]["auto_clip_stability"] == 0.5
     assert [r["variant"] for r in record["rows"]] == ["dpscope"] + (["opacus"] if HAVE_OPACUS else [])
-    assert "auto-clip" in next(line for line in lines if line.startswith("dataset"))
+    assert "auto-clip 0.5" in next(line for line in lines if line.startswith("dataset"))

@@ -52,8 +52,8 @@ def test_opacus_with_per_class_bounds_releases_dpscopes_clipped_sum() -> None:
     assert not torch.allclose(torch.cat([p.grad.flatten() for p in flat.parameters()]), want)  # bounds bind
 
 
-@pytest.mark.parametrize("fractions", [None, (1.0, 0.3)])
-def test_opacus_with_automatic_clipping_releases_dpscopes_normalised_sum(fractions) -> None:
+@pytest.mark.parametrize("fractions, stability", [(None, 0.01), ((1.0, 0.3), 0.01), ((1.0, 0.3), 1.0)])
+def test_opacus_with_automatic_clipping_releases_dpscopes_normalised_sum(fractions, stability) -> None:
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
@@ -65,7 +65,7 @@ def test_opacus_with_automatic_clipping_releases_dpscopes_normalised_sum(fractio
 
     ours = copy.deepcopy(model)
     clipping.ClippingEngine(ours, "auto").clipped_grad_sum(
-        lambda out, t: F.cross_entropy(out, t, reduction="none"), x, y, AutoClip(bound),
+        lambda out, t: F.cross_entropy(out, t, reduction="none"), x, y, AutoClip(bound, stability=stability),
         bound_scales=None if class_clip is None else class_clip.of(y))
     want = torch.cat([p.grad.flatten() for p in ours.parameters()])
 
@@ -73,7 +73,7 @@ def test_opacus_with_automatic_clipping_releases_dpscopes_normalised_sum(fractio
     before = torch.cat([p.detach().flatten() for p in module.parameters()])
     optimizer = DPOptimizer(torch.optim.SGD(module.parameters(), lr=1.0), noise_multiplier=0.0,
                             max_grad_norm=bound, expected_batch_size=1, loss_reduction="sum")
-    set_targets = match_clipping(optimizer, bound, True, class_clip)
+    set_targets = match_clipping(optimizer, bound, stability, class_clip)
     set_targets(y)
     F.cross_entropy(module(x), y, reduction="sum").backward()
     optimizer.step()
@@ -91,5 +91,5 @@ def test_match_clipping_leaves_flat_clipping_to_opacus() -> None:
         clip_and_accumulate = "opacus's own"
 
     optimizer = Optimizer()
-    assert match_clipping(optimizer, 1.0, False, None) is None
+    assert match_clipping(optimizer, 1.0, None, None) is None
     assert optimizer.clip_and_accumulate == "opacus's own"

@@ -122,11 +122,12 @@ def test_per_layer_clip_refuses_an_uncovered_parameter():
         clipping.ClippingEngine(model).clipped_grad_sum(xent, x, y, clipping.PerLayerClip({"0": 1.0, "1": 1.0}))
 
 
-def test_automatic_clipping_normalises_below_the_bound():
+@pytest.mark.parametrize("stability", [0.01, 1.0, 100.0])
+def test_automatic_clipping_normalises_below_the_bound(stability):
     model, (x, y) = small_model(), batch(1)
-    result = clipping.ClippingEngine(model).clipped_grad_sum(xent, x, y, clipping.AutoClip(2.0, stability=0.01))
+    result = clipping.ClippingEngine(model).clipped_grad_sum(xent, x, y, clipping.AutoClip(2.0, stability=stability))
     n = float(result.per_example_norms[0])
-    assert float(flat_grad(model).norm()) == pytest.approx(2.0 * n / (n + 0.01), rel=1e-9)
+    assert float(flat_grad(model).norm()) == pytest.approx(2.0 * n / (n + stability), rel=1e-9)
     assert clipping.AutoClip(2.0).sensitivity == 2.0
 
 

@@ -29,6 +29,7 @@ def _clip_rules(model: nn.Module):
         "flat": clipping.FlatClip(C),
         "per_layer": clipping.PerLayerClip(privacy.equal_per_layer_split(C, names)),
         "automatic": clipping.AutoClip(C),
+        "automatic_large_stability": clipping.AutoClip(C, stability=1.0),
     }
 
 
@@ -48,7 +49,7 @@ def _noiseless_update(strategy, rule_name, inputs, targets) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()]) - before
 
 
-@pytest.mark.parametrize("rule_name", ["flat", "per_layer", "automatic"])
+@pytest.mark.parametrize("rule_name", ["flat", "per_layer", "automatic", "automatic_large_stability"])
 @pytest.mark.parametrize("strategy", clipping.STRATEGIES)
 def test_planted_enormous_example_moves_update_at_most_c_over_qn(strategy, rule_name):
     generator = torch.Generator().manual_seed(1)

@@ -118,6 +118,17 @@ def test_clip_rule_has_the_plans_sensitivity(kind):
     assert plan.clip_rule().sensitivity == pytest.approx(plan.max_grad_norm)
 
 
+def test_automatic_plan_carries_its_stability_to_the_rule_the_statement_and_json():
+    plan = PrivacyPlan.for_noise(**BASE, noise_multiplier=1.0, clip_kind="automatic", auto_clip_stability=0.5)
+    assert plan.clip_rule().stability == 0.5 and plan.clip_rule().sensitivity == 1.0
+    assert "(||g|| + 0.5)" in plan.describe()
+    assert PrivacyPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    older = {k: v for k, v in plan.to_dict().items() if k != "auto_clip_stability"}  # before the field
+    assert PrivacyPlan.from_dict(older).clip_rule().stability == 0.01
+    with pytest.raises(PrivacyError, match="auto_clip_stability"):
+        dataclasses.replace(plan, auto_clip_stability=0.0)
+
+
 def test_planned_event_gives_the_planned_epsilon():
     plan = PrivacyPlan.for_noise(**BASE, noise_multiplier=1.0)
     assert privacy.epsilon_for_event(plan.planned_event(), plan.delta) == plan.epsilon

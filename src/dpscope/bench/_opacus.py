@@ -79,7 +79,8 @@ def clip_per_example_bounds(optimizer, max_grad_norm: float, class_clip) -> Call
     return set_targets
 
 
-def clip_automatically(optimizer, max_grad_norm: float, class_clip=None) -> Callable[[torch.Tensor], None]:
+def clip_automatically(optimizer, max_grad_norm: float, class_clip=None,
+                       stability: float = 0.01) -> Callable[[torch.Tensor], None]:
     """Make an Opacus DPOptimizer normalise instead of clip, as dpscope's --auto-clip does (Bu
     et al. 2023), with per-class bounds if `class_clip` is given; returns `set_targets`, to call
     with each batch's labels before `optimizer.step()`.
@@ -91,7 +92,7 @@ def clip_automatically(optimizer, max_grad_norm: float, class_clip=None) -> Call
     """
     from dpscope.clipping.clip_rules import AutoClip, weights_with_bound_scales
 
-    rule = AutoClip(max_grad_norm)
+    rule = AutoClip(max_grad_norm, stability=stability)
     scales = None
 
     def clip_and_accumulate() -> None:
@@ -110,12 +111,13 @@ def clip_automatically(optimizer, max_grad_norm: float, class_clip=None) -> Call
     return set_targets
 
 
-def match_clipping(optimizer, max_grad_norm: float, automatic: bool,
+def match_clipping(optimizer, max_grad_norm: float, auto_clip_stability: float | None,
                    class_clip=None) -> Callable[[torch.Tensor], None] | None:
-    """Give an Opacus DPOptimizer the clipping of a dpscope recipe: automatic or flat, with
-    per-class bounds or not. Returns `set_targets` (None for Opacus's own flat clipping)."""
-    if automatic:
-        return clip_automatically(optimizer, max_grad_norm, class_clip)
+    """Give an Opacus DPOptimizer the clipping of a dpscope recipe: automatic (with this
+    stability) or flat (None), with per-class bounds or not. Returns `set_targets` (None for
+    Opacus's own flat clipping)."""
+    if auto_clip_stability is not None:
+        return clip_automatically(optimizer, max_grad_norm, class_clip, stability=auto_clip_stability)
     if class_clip is not None:
         return clip_per_example_bounds(optimizer, max_grad_norm, class_clip)
     return None

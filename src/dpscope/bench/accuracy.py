@@ -71,6 +71,7 @@ class Recipe:
     freeze: str | None = None  # parameter name patterns kept at their random init (dpscope.models.freeze)
     class_clip: tuple[float, ...] | None = None  # bound per class, fractions of C (dpscope.class_clip)
     auto_clip: bool = False  # normalise instead of clip (Bu et al. 2023; the Opacus twin too)
+    auto_clip_stability: float = 0.01  # gamma in g C / (||g|| + gamma) when auto_clip
 
     @property
     def averaging(self) -> float | None:
@@ -103,7 +104,7 @@ PRIVATE_RECIPES: dict[tuple[str, float], Recipe] = {
 # resnet20: chosen on the validation split at eps 8 (see TUNING); eps 3 follows the cnn's lr
 # ratio and is not tuned; at eps 1 the last stage's convolutions stay at their random init,
 # per-example gradients are normalised (automatic clipping) and pneumonia (the majority class)
-# is bounded by 0.35 C (see TUNING).
+# is bounded by 0.4 C (see TUNING).
 RESNET20_LAST_STAGE_CONVS = "stages.2.*.conv?.weight,stages.2.0.shortcut.0.weight"
 MODEL_PRIVATE_RECIPES: dict[tuple[str, str, float], Recipe] = {
     ("pneumoniamnist", "resnet20", 8.0): Recipe(batch_size=428, lr=4.0, momentum=0.0, epochs=20,
@@ -112,7 +113,7 @@ MODEL_PRIVATE_RECIPES: dict[tuple[str, str, float], Recipe] = {
                                                 ema_decay=0.95),
     ("pneumoniamnist", "resnet20", 1.0): Recipe(batch_size=428, lr=4.0, momentum=0.0, epochs=20,
                                                 ema_decay=0.95, freeze=RESNET20_LAST_STAGE_CONVS,
-                                                class_clip=(1.0, 0.35), auto_clip=True),
+                                                class_clip=(1.0, 0.4), auto_clip=True),
 }
 NONPRIVATE_RECIPES: dict[str, Recipe] = {
     "pneumoniamnist": Recipe(batch_size=64, lr=0.05, momentum=0.9, epochs=20),
@@ -215,6 +216,14 @@ TUNING: tuple[str, ...] = (
     "1214/3494) balances the classes' total pull at every step, where under flat clipping "
     "pneumonia's small gradients fall below the bound and the balance drifts. With EMA 0.99 "
     "seed 0 ended at the majority class (.742) and seed 1 was stopped unfinished",
+    "resnet20 eps 1, sessions 8-9, the class bound under automatic clipping (same recipe and "
+    "rule; grid 0.3/0.4 fixed before the runs): pneumonia 0.3 C .393/.294/.374 (mean .354: "
+    "the minority class), 0.4 C .899/.855/.748 (mean .834; balanced .840/.873/.511, mean .741; "
+    "AUC .941; seed 2 ends at the majority class) against 0.35 C .853/.769/.872 (mean .831; "
+    "balanced .781) -> 0.4 chosen by the rule (margin about 1.4 validation images, within seed "
+    "spread). Normalising did not remove the knife edge: 0.3 C still tips every seed to the "
+    "minority. The driver printed test accuracy beside validation (0.4 C seeds 0-2 .723/.808/"
+    ".631 against 0.35 C's .729/.758/.755); it was not used to choose",
     "resnet18 (session 7, H100): the cnn's eps-8 recipe, untuned (b428 lr 2 40 ep, pneumonia "
     "0.7 C), seeds 0-2 val .950/.943/.947",
     "privacy: each run's epsilon covers that run only. Selecting among k private runs on the same "
@@ -222,7 +231,7 @@ TUNING: tuple[str, ...] = (
     "composition (pneumoniamnist cnn: 25 runs at eps 8 + 11 augmented + 6 with class bounds, 10 "
     "at eps 1, 6 at eps 3; resnet20: 3 finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the "
     "choice, 13 at eps 1 plus 4 stopped before session 6, which added 9 finished and 4 stopped, and "
-    "session 7 12 more plus 3 on a GPU, session 8 4 finished and 1 stopped; cnn 3 more at eps 8 on a GPU; resnet18: 3 at eps 8 on a "
+    "session 7 12 more plus 3 on a GPU, session 8 10 finished and 1 stopped; cnn 3 more at eps 8 on a GPU; resnet18: 3 at eps 8 on a "
     "GPU; each GPU run also had an Opacus twin; digits: 18 at eps 1)",
 )
 
@@ -298,7 +307,8 @@ class RunSpec:
         schedule = f"-{r.schedule_label}" if r.schedule_label else ""
         frozen = "" if r.freeze is None else f"-frz{hashlib.sha1(r.freeze.encode()).hexdigest()[:6]}"
         class_clip = "" if r.class_clip is None else "-cc" + "_".join(f"{f:g}" for f in r.class_clip)
-        auto_clip = "-autoclip" if r.auto_clip else ""
+        auto_clip = "" if not r.auto_clip else "-autoclip" + (
+            "" if r.auto_clip_stability == Recipe.auto_clip_stability else f"{r.auto_clip_stability:g}")
         return (f"{self.dataset}-{self.model}-{self.variant}{privacy}-b{r.batch_size}-lr{r.lr:g}"
                 f"-m{r.momentum:g}-ep{r.epochs}{schedule}{frozen}{class_clip}{auto_clip}{augment}{ema}-seed{self.seed}")
 
@@ -382,6 +392,8 @@ def _train_dpscope(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     privacy = {} if spec.epsilon is None else dict(
         epsilon=spec.epsilon, delta=spec.delta, max_grad_norm=r.max_grad_norm,
         accountant=spec.accountant, clipping="auto", auto_clip=r.auto_clip)
+    if r.auto_clip:
+        privacy["auto_clip_stability"] = r.auto_clip_stability
     config = make_run_config(dataset=spec.dataset, model=spec.model, epochs=r.epochs,
                              batch_size=r.batch_size, lr=r.lr, momentum=r.momentum,
                              optimizer="sgd", seed=spec.seed, threads=spec.threads,
@@ -439,7 +451,7 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         max_grad_norm=r.max_grad_norm, poisson_sampling=True)
     # the same clipping as dpscope's run: per-class bounds, automatic clipping, if any
     set_targets = match_clipping(
-        optimizer, r.max_grad_norm, r.auto_clip,
+        optimizer, r.max_grad_norm, r.auto_clip_stability if r.auto_clip else None,
         None if r.class_clip is None else ClassClip(r.class_clip, dataset.class_names))
     # the same schedule as dpscope's runs, by step (Opacus's loader has 1/q batches an epoch)
     schedule = build_lr_schedule(make_run_config(epochs=r.epochs, lr_schedule=r.lr_schedule,
@@ -618,7 +630,7 @@ def format_table(groups: Sequence[dict[str, Any]]) -> str:
         if r.get("class_clip"):
             recipe += " class-clip " + ",".join(f"{f:g}" for f in r["class_clip"])
         if r.get("auto_clip"):
-            recipe += " auto-clip"
+            recipe += f" auto-clip {r.get('auto_clip_stability', Recipe.auto_clip_stability):g}"
         eps = "-" if g["target_epsilon"] is None else f"{g['target_epsilon']:g}"
         sigma = g["noise_multiplier"]["mean"]
         lines.append(
@@ -762,7 +774,7 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
                      ema_decay: float | None = None, lr_schedule: str | None = None,
                      warmup_epochs: float | None = None, freeze: str | None = None,
                      class_clip: str | None = None, auto_clip: bool | None = None,
-                     threads: int = 1, jobs: int = 1,
+                     auto_clip_stability: float | None = None, threads: int = 1, jobs: int = 1,
                      device: str = "auto", json_path: Path | None = None,
                      echo: Callable[[str], None] = print) -> dict[str, Any]:
     """The benchmark as `benchmarks/accuracy.py` and `dpscope bench accuracy` run it: the tuned
@@ -777,13 +789,15 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
         raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
     if warmup_epochs is not None and warmup_epochs < 0:
         raise ConfigError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    if auto_clip_stability is not None and not 0 < auto_clip_stability < float("inf"):
+        raise ConfigError(f"auto_clip_stability must be finite and > 0, got {auto_clip_stability}")
     parse_freeze_patterns(freeze)  # a malformed list fails here; unmatched names fail per model
     resolve_device(device)  # a device this machine lacks fails before any run
     changes = dict(batch_size=batch_size, lr=lr, momentum=momentum, max_grad_norm=max_grad_norm,
                    epochs=epochs, ema_decay=ema_decay, lr_schedule=lr_schedule,
                    warmup_epochs=warmup_epochs, freeze=freeze or None,
                    class_clip=None if class_clip is None else parse_class_clip(class_clip),
-                   auto_clip=auto_clip)
+                   auto_clip=auto_clip, auto_clip_stability=auto_clip_stability)
     specs = plan_grid(datasets, models, epsilons, seeds, variants, accountant=accountant,
                       threads=threads, device=device, private_changes=changes,
                       nonprivate_changes=dict(epochs=epochs))

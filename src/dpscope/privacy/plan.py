@@ -71,6 +71,7 @@ class PrivacyPlan:
     accountant: Accountant = "pld"
     clip_kind: ClipKind = "flat"
     per_layer_max_grad_norms: tuple[tuple[str, float], ...] | None = None  # per_layer only
+    auto_clip_stability: float = 0.01  # automatic only: gamma in g * C / (||g|| + gamma)
     sampling: Sampling = "poisson"
     non_poisson_acknowledged: bool = False
     secure_rng: bool = False
@@ -169,7 +170,7 @@ class PrivacyPlan:
         if self.clip_kind == "per_layer":
             return clipping.PerLayerClip(dict(self.per_layer_max_grad_norms or ()))
         if self.clip_kind == "automatic":
-            return clipping.AutoClip(self.max_grad_norm)
+            return clipping.AutoClip(self.max_grad_norm, stability=self.auto_clip_stability)
         return clipping.FlatClip(self.max_grad_norm)
 
     def check_sampler(self, sampler: Any) -> None:
@@ -203,7 +204,9 @@ class PrivacyPlan:
             f"(expected batch {self.expected_batch_size:.1f}); "
             f"{self.steps:,} steps = {self.epochs:.3g} epochs",
             f"clipping: {self.clip_kind}, every example's gradient norm <= C={self.max_grad_norm:g}"
-            + (f" (split over {len(split)} layers)" if split else ""),
+            + (f" (split over {len(split)} layers)" if split else "")
+            + (f" (normalised: g C / (||g|| + {self.auto_clip_stability:g}))"
+               if self.clip_kind == "automatic" else ""),
             f"noise: sigma={self.noise_multiplier:.4g}, std sigma*C={self.noise_std:.4g} "
             "per summed coordinate, "
             "once per step; update = (sum + noise) / (q N)",
@@ -230,6 +233,9 @@ class PrivacyPlan:
     def _check_clipping(self) -> None:
         if self.clip_kind not in CLIP_KINDS:
             raise PrivacyError(f"unknown clip kind {self.clip_kind!r}; choose one of {', '.join(CLIP_KINDS)}")
+        if not 0 < self.auto_clip_stability < math.inf:
+            raise PrivacyError(f"auto_clip_stability must be finite and > 0, got {self.auto_clip_stability}; "
+                               "e.g. 0.01")
         norms = self.per_layer_max_grad_norms
         if (self.clip_kind == "per_layer") != (norms is not None):
             raise PrivacyError("per_layer_max_grad_norms must be given exactly when clip_kind='per_layer'; "
