@@ -46,6 +46,9 @@ def main() -> None:
                        help="normalise instead of clip, Bu et al. 2023 (Opacus too)")
     group.add_argument("--auto-clip-stability", type=float,
                        help="automatic clipping's gamma in g C / (||g|| + gamma) (Opacus too)")
+    group.add_argument("--input-normalization", choices=("auto", "train", "fixed"),
+                       help="input mean and std (Opacus too): fixed (data-independent; auto's choice "
+                            "for private runs) or train (the training images', not covered by epsilon)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (separate processes)")
     parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N")
@@ -58,7 +61,8 @@ def main() -> None:
                      momentum=args.momentum, max_grad_norm=args.max_grad_norm, epochs=args.epochs,
                      ema_decay=args.ema_decay, lr_schedule=args.lr_schedule,
                      warmup_epochs=args.warmup_epochs, freeze=args.freeze, class_clip=args.class_clip,
-                     auto_clip=args.auto_clip, auto_clip_stability=args.auto_clip_stability, threads=args.threads, jobs=args.jobs, device=args.device, json_path=args.json)
+                     auto_clip=args.auto_clip, auto_clip_stability=args.auto_clip_stability,
+                     input_normalization=args.input_normalization, threads=args.threads, jobs=args.jobs, device=args.device, json_path=args.json)
 
 if __name__ == "__main__":
     run_script(main)

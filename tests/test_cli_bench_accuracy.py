@@ -43,7 +43,8 @@ def test_bad_option_gives_one_line_and_exit_code_2(tmp_path) -> None:
                           (("--warmup-epochs", "30"), "warmup_epochs"),
                           (("--freeze", "fc,,conv"), "empty pattern"),
                           (("--class-clip", "1,2"), "(0, 1]"),
-                          (("--auto-clip-stability", "0"), "auto_clip_stability")]:
+                          (("--auto-clip-stability", "0"), "auto_clip_stability"),
+                          (("--input-normalization", "imagenet"), "input_normalization")]:
         result = invoke("--dataset", "digits", "--out", str(tmp_path / "o"), *args)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
@@ -94,3 +95,13 @@ def test_auto_clip_stability_override_reaches_the_private_recipes_and_their_name
     assert "-autoclip0.3-" in specs["dpscope"].name
     default = plan_grid(["pneumoniamnist"], ["resnet20"], [1.0], [0], ["dpscope"], private_changes=dict(auto_clip=True))
     assert "-autoclip-" in default[0].name  # runs from before the option keep their names
+
+
+def test_private_runs_and_twins_use_fixed_input_statistics_and_say_so_in_their_names() -> None:
+    specs = {s.variant: s for s in plan_grid(["pneumoniamnist"], ["cnn"], [8.0], [0], ["nonprivate", "dpscope", "opacus"])}
+    assert specs["dpscope"].input_statistics == specs["opacus"].input_statistics == "fixed"
+    assert "-C1-fixedin-" in specs["dpscope"].name and "-C1-fixedin-" in specs["opacus"].name
+    assert specs["nonprivate"].input_statistics == "train" and "fixedin" not in specs["nonprivate"].name
+    # the runs benchmarked before fixed statistics keep their names, read back as they were
+    old = plan_grid(["pneumoniamnist"], ["cnn"], [8.0], [0], ["dpscope"], private_changes=dict(input_normalization="train"))
+    assert old[0].input_statistics == "train" and "fixedin" not in old[0].name

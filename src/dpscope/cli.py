@@ -97,6 +97,7 @@ def bench_accuracy(
     class_clip: Annotated[Optional[str], typer.Option(help="override: clipping bound per class as fractions of C, largest 1, e.g. 1,0.35 (private runs, Opacus too)")] = None,
     auto_clip: Annotated[Optional[bool], typer.Option("--auto-clip/--no-auto-clip", help="override: normalise instead of clip, Bu et al. 2023 (private runs, Opacus too)")] = None,
     auto_clip_stability: Annotated[Optional[float], typer.Option(help="override: automatic clipping's gamma in g C / (||g|| + gamma) (private runs, Opacus too)")] = None,
+    input_normalization: Annotated[Optional[str], typer.Option(help="override: input mean and std, fixed, train or auto (private runs, Opacus too; default auto: fixed)")] = None,
     threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
     jobs: Annotated[int, typer.Option(help="runs at a time (separate processes)")] = 1,
     device: Annotated[str, typer.Option(help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N")] = "auto",
@@ -114,7 +115,8 @@ def bench_accuracy(
                      accountant=accountant, batch_size=batch_size, lr=lr, momentum=momentum,
                      max_grad_norm=max_grad_norm, epochs=epochs, ema_decay=ema_decay,
                      lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, freeze=freeze, class_clip=class_clip,
-                     auto_clip=auto_clip, auto_clip_stability=auto_clip_stability, threads=threads, jobs=jobs, device=device, json_path=json_path,
+                     auto_clip=auto_clip, auto_clip_stability=auto_clip_stability,
+                     input_normalization=input_normalization, threads=threads, jobs=jobs, device=device, json_path=json_path,
                      echo=typer.echo)
 
 
@@ -150,6 +152,7 @@ def train(
     clip_per_layer: Annotated[bool, typer.Option("--clip-per-layer", help="a clipping bound per layer, total sensitivity still C")] = False,
     auto_clip: Annotated[bool, typer.Option("--auto-clip", help="normalise per-example gradients instead of clipping (Bu et al. 2023)")] = False,
     auto_clip_stability: Annotated[Optional[float], typer.Option(help="with --auto-clip, gamma in g C / (||g|| + gamma) (default 0.01): larger, well-fit examples (small gradients) pull less; sensitivity unchanged")] = None,
+    input_normalization: Annotated[Optional[str], typer.Option(help="input mean and std: fixed (0.5, 0.25; data-independent), train (the training images': not covered by epsilon) or auto (fixed when private, else train)")] = None,
     class_clip: Annotated[Optional[str], typer.Option(help="per class, the fraction of --max-grad-norm its examples are clipped to, largest 1, e.g. 1,0.35 against a majority class 1 (sensitivity unchanged)")] = None,
     augment: Annotated[Optional[str], typer.Option(help="augment training images: crop, crop,flip or crop:2,flip (random crop with reflect padding, 4 px unless given; horizontal flip)")] = None,
     augment_multiplicity: Annotated[Optional[int], typer.Option(help="augmented copies per example (needs --augment); private: the mean over copies is clipped, the guarantee is unchanged")] = None,
@@ -180,6 +183,7 @@ def train(
         max_grad_norm=max_grad_norm, clipping=clipping, accountant=accountant,
         physical_batch_size=physical_batch_size, secure_rng=secure_rng,
         clip_per_layer=clip_per_layer, auto_clip=auto_clip, auto_clip_stability=auto_clip_stability,
+        input_normalization=input_normalization,
         augment=augment,
         augment_multiplicity=augment_multiplicity, ema_decay=ema_decay, freeze=freeze,
         class_clip=None if class_clip is None else parse_class_clip(class_clip),

@@ -7,7 +7,7 @@ from validation name the offending field (see `format_validation_error`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
@@ -18,6 +18,8 @@ OptimizerName = Literal["sgd", "adam", "adamw"]
 AccountantName = Literal["pld", "rdp"]
 TestComposition = Literal["balanced", "same_imbalance"]
 LRScheduleName = Literal["constant", "cosine", "linear"]  # dpscope.optim.schedule
+InputNormalization = Literal["auto", "train", "fixed"]  # dpscope.dataset_prep
+INPUT_NORMALIZATIONS: tuple[str, ...] = get_args(InputNormalization)
 
 
 PRIVATE_DEFAULTS = {"batch_size": 256, "lr": 0.5, "momentum": 0.0}
@@ -77,6 +79,10 @@ class RunConfig(BaseModel):
         0.01, gt=0, description="automatic clipping's gamma in g C / (||g|| + gamma): near 0 every "
         "example pulls with C; larger, an example pulls with C ||g|| / (||g|| + gamma), so "
         "well-fit examples pull less; the sensitivity stays C")
+    input_normalization: InputNormalization = Field(
+        "auto", description="per-channel input statistics: train (mean and std of the training "
+        "images, which epsilon does not cover), fixed (mean 0.5, std 0.25: data-independent), "
+        "auto (fixed for private runs on raw images, train otherwise)")
     class_clip: tuple[float, ...] | None = Field(
         None, description="per class, the fraction in (0, 1] of max_grad_norm its examples are "
         "clipped to (the largest 1), e.g. [1, 0.35] against a majority class 1; the sensitivity "
@@ -122,7 +128,8 @@ class RunConfig(BaseModel):
             raise ValueError("delta must be in (0, 1)")
         if self.clip_per_layer and self.auto_clip:
             raise ValueError("clip_per_layer and auto_clip exclude each other")
-        if "auto_clip_stability" in self.model_fields_set and not self.auto_clip:
+        # by value, not by fields set: a saved config holds every field
+        if self.auto_clip_stability != type(self).model_fields["auto_clip_stability"].default and not self.auto_clip:
             raise ValueError("auto_clip_stability applies to automatic clipping only; add auto_clip")
         return self
 

@@ -1,4 +1,5 @@
-"""What a run does to its dataset after loading it: groups, imbalance, input perturbation.
+"""What a run does to its dataset after loading it: groups, imbalance, input perturbation,
+input statistics.
 
     prepared = prepare_dataset(config, load_dataset(config.dataset, seed=config.seed))
     prepared.dataset        # what the run trains and is tested on
@@ -6,8 +7,10 @@
     fairness_entry(prepared, predicted_test_labels)   # the `fairness` block of summary.json
 
 Order, and why: the group attribute is attached first (imbalance and metrics read it), the
-imbalance is drawn next, and the training images are perturbed last, so only the images the
-run trains on are perturbed. Every step is a pure function of the config and the seed, so a
+imbalance is drawn next, and the training images are perturbed after it, so only the images
+the run trains on are perturbed. The input statistics come last, from the images actually
+trained on, or fixed: a private run's mean and std must not come from its private images
+(epsilon does not cover them), so it uses data-independent constants unless told otherwise. Every step is a pure function of the config and the seed, so a
 resumed run rebuilds exactly the same data.
 """
 
@@ -26,6 +29,8 @@ from dpscope.data import Dataset, ImageSplit
 from dpscope.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
+FIXED_MEAN, FIXED_STD = 0.5, 0.25
+"""Data-independent input statistics, in [0, 1] units: pixels in [0, 1] map to [-2, 2]."""
 FAIRNESS_RESAMPLES = 200
 """Bootstrap resamples for the fairness CIs of a run (counts are resampled, so this is fast)."""
 _DECIMALS = 12  # 1 - majority_share is rounded here, so 1 - 0.999 is exactly 0.001
@@ -55,8 +60,35 @@ def prepare_dataset(config: RunConfig, dataset: Dataset) -> PreparedData:
 
         dataset, record = perturb_training_images(dataset, config.perturb, seed=config.seed)
         records["perturbation"] = record | {"statement": perturbation_statement(record)}
+    dataset, records["input_normalization"] = _input_statistics(config, dataset)
     groups = None if config.groups is None else str(config.groups)
     return PreparedData(dataset, group_names, groups, records)
+
+
+def input_statistics_kind(config: RunConfig) -> str:
+    """"fixed" or "train": `auto` is fixed for a private run on raw images; a perturbed copy's
+    statistics are post-processing of the copy, so covered by its guarantee."""
+    if config.input_normalization != "auto":
+        return config.input_normalization
+    return "fixed" if config.private and config.perturb is None else "train"
+
+
+def _input_statistics(config: RunConfig, dataset: Dataset) -> tuple[Dataset, dict[str, Any]]:
+    kind = input_statistics_kind(config)
+    if kind == "fixed":
+        channels = dataset.in_channels
+        dataset = dataclasses.replace(dataset, mean=(FIXED_MEAN,) * channels, std=(FIXED_STD,) * channels)
+    leaks = config.private and kind == "train" and config.perturb is None
+    values = f"mean {_values(dataset.mean)}, std {_values(dataset.std)}"
+    statement = (f"fixed {values} (data-independent)" if kind == "fixed" else
+                 f"{values} of the training images" + (
+                     ": NOT covered by epsilon; --input-normalization fixed avoids it" if leaks else ""))
+    return dataset, {"statistics": kind, "mean": list(dataset.mean), "std": list(dataset.std),
+                     "covered_by_privacy": not leaks, "statement": statement}
+
+
+def _values(numbers: tuple[float, ...]) -> str:
+    return ",".join(f"{x:.4g}" for x in numbers)
 
 
 def with_groups(dataset: Dataset, groups: str | Path) -> tuple[Dataset, tuple[str, ...]]:

@@ -295,6 +295,10 @@ def _describe(config: RunConfig, prepared: PreparedData, parts: TrainingParts) -
                  f"{record['test']['group_share']:.2%} of test ({record['test_composition']})")
     if "perturbation" in prepared.records:
         text += "\nperturbation: " + prepared.records["perturbation"]["statement"]
+    normalization = prepared.records["input_normalization"]
+    if parts.privacy is not None:
+        warning = "" if normalization["covered_by_privacy"] else "WARNING: "
+        text += f"\n{warning}input statistics: {normalization['statement']}"
     return text
 
 
@@ -392,6 +396,8 @@ def _summary(config: RunConfig, prepared: PreparedData, model: torch.nn.Module,
     if parts.privacy is not None:
         summary.update(parts.privacy.summary())
     summary.update(prepared.records)
+    if parts.privacy is not None:
+        summary["privacy_statement"] += "\ninput statistics: " + prepared.records["input_normalization"]["statement"]
     if prepared.group_names is not None:
         summary["fairness"] = fairness_entry(prepared, logits.argmax(1).cpu().numpy(),
                                              seed=config.seed)

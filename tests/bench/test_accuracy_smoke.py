@@ -156,6 +156,10 @@ def test_ema_recipe_reaches_dpscope_and_opacus_runs_and_the_table(tmp_path) -> N
     record = run_accuracy_benchmark(specs, tmp_path / "out", echo=lines.append)
     summary = json.loads((tmp_path / "out" / "runs" / specs[0].name / "summary.json").read_text())
     assert summary["evaluated_weights"] == "ema (decay 0.9)"
+    assert summary["input_normalization"]["statistics"] == "fixed"
+    if HAVE_OPACUS:  # the twin trains on the same normalised images
+        twin = json.loads((tmp_path / "out" / "runs" / specs[1].name / "summary.json").read_text())
+        assert twin["input_normalization"] == summary["input_normalization"]
     assert [r["variant"] for r in record["rows"]] == ["dpscope"] + (["opacus"] if HAVE_OPACUS else [])
     assert all(r["recipe"]["ema_decay"] == 0.9 for r in record["rows"])
     assert "ema0.9" in next(line for line in lines if line.startswith("dataset"))

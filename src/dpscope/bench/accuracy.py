@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import torch
 
 from dpscope.class_clip import ClassClip, parse_class_clip
-from dpscope.config import make_run_config
+from dpscope.config import INPUT_NORMALIZATIONS, RunConfig, make_run_config
+from dpscope.dataset_prep import input_statistics_kind
 from dpscope.device import describe_device, resolve_device
 from dpscope.errors import ConfigError
 from dpscope.io import write_json_atomic
@@ -72,6 +73,7 @@ class Recipe:
     class_clip: tuple[float, ...] | None = None  # bound per class, fractions of C (dpscope.class_clip)
     auto_clip: bool = False  # normalise instead of clip (Bu et al. 2023; the Opacus twin too)
     auto_clip_stability: float = 0.01  # gamma in g C / (||g|| + gamma) when auto_clip
+    input_normalization: str = "auto"  # dpscope.dataset_prep: fixed when private, train statistics otherwise
 
     @property
     def averaging(self) -> float | None:
@@ -309,8 +311,34 @@ class RunSpec:
         class_clip = "" if r.class_clip is None else "-cc" + "_".join(f"{f:g}" for f in r.class_clip)
         auto_clip = "" if not r.auto_clip else "-autoclip" + (
             "" if r.auto_clip_stability == Recipe.auto_clip_stability else f"{r.auto_clip_stability:g}")
-        return (f"{self.dataset}-{self.model}-{self.variant}{privacy}-b{r.batch_size}-lr{r.lr:g}"
+        # runs from before fixed input statistics were normalised by training statistics and
+        # keep their names; a run with fixed statistics is another run
+        fixed_inputs = "-fixedin" if self.input_statistics == "fixed" else ""
+        return (f"{self.dataset}-{self.model}-{self.variant}{privacy}{fixed_inputs}-b{r.batch_size}-lr{r.lr:g}"
                 f"-m{r.momentum:g}-ep{r.epochs}{schedule}{frozen}{class_clip}{auto_clip}{augment}{ema}-seed{self.seed}")
+
+    @property
+    def input_statistics(self) -> str:
+        """"fixed" or "train", as dpscope.dataset_prep resolves the recipe's input_normalization."""
+        return input_statistics_kind(self.dpscope_config())
+
+    def dpscope_config(self) -> RunConfig:
+        """The `dpscope train` configuration of this run (the Opacus twin reads its data from it)."""
+        r = self.recipe
+        privacy = {} if self.epsilon is None else dict(
+            epsilon=self.epsilon, delta=self.delta, max_grad_norm=r.max_grad_norm,
+            accountant=self.accountant, clipping="auto", auto_clip=r.auto_clip)
+        if r.auto_clip and self.epsilon is not None:
+            privacy["auto_clip_stability"] = r.auto_clip_stability
+        return make_run_config(dataset=self.dataset, model=self.model, epochs=r.epochs,
+                               batch_size=r.batch_size, lr=r.lr, momentum=r.momentum,
+                               optimizer="sgd", seed=self.seed, threads=self.threads,
+                               device=self.device, augment=r.augment,
+                               augment_multiplicity=r.augment_multiplicity,
+                               ema_decay=r.averaging, lr_schedule=r.lr_schedule,
+                               warmup_epochs=r.warmup_epochs, freeze=r.freeze,
+                               class_clip=r.class_clip, input_normalization=r.input_normalization,
+                               **privacy)
 
 
 def plan_grid(datasets: Sequence[str], models: Sequence[str], epsilons: Sequence[float],
@@ -388,20 +416,7 @@ def _train_dpscope(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     if (run_dir / "checkpoint.pt").is_file():
         return resume(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
-    r = spec.recipe
-    privacy = {} if spec.epsilon is None else dict(
-        epsilon=spec.epsilon, delta=spec.delta, max_grad_norm=r.max_grad_norm,
-        accountant=spec.accountant, clipping="auto", auto_clip=r.auto_clip)
-    if r.auto_clip:
-        privacy["auto_clip_stability"] = r.auto_clip_stability
-    config = make_run_config(dataset=spec.dataset, model=spec.model, epochs=r.epochs,
-                             batch_size=r.batch_size, lr=r.lr, momentum=r.momentum,
-                             optimizer="sgd", seed=spec.seed, threads=spec.threads,
-                             device=spec.device,
-                             augment=r.augment, augment_multiplicity=r.augment_multiplicity,
-                             ema_decay=r.averaging, lr_schedule=r.lr_schedule,
-                             warmup_epochs=r.warmup_epochs, freeze=r.freeze,
-                             class_clip=r.class_clip, **privacy)
+    config = spec.dpscope_config()
     return train(config, run_dir=run_dir)
 
 
@@ -426,6 +441,7 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     from dpscope.averaging import WeightAverage
     from dpscope.bench._opacus import match_clipping
     from dpscope.data import load_dataset
+    from dpscope.dataset_prep import prepare_dataset
     from dpscope.metrics import classification_metrics, predict
     from dpscope.models import build_model, freeze_parameters
     from dpscope.train import build_lr_schedule
@@ -437,7 +453,9 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     r = spec.recipe
     device = resolve_device(spec.device)
     torch.manual_seed(spec.seed)
-    dataset = load_dataset(spec.dataset, seed=spec.seed)
+    # the same data as dpscope's run, input statistics included
+    prepared = prepare_dataset(spec.dpscope_config(), load_dataset(spec.dataset, seed=spec.seed))
+    dataset = prepared.dataset
     model = build_model(spec.model, in_channels=dataset.in_channels,
                         image_size=dataset.image_size, num_classes=dataset.num_classes).to(device)
     freeze_parameters(model, r.freeze)  # the same frozen layers as dpscope's run
@@ -503,6 +521,7 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         "sample_rate": float(loader.sample_rate), "privacy_steps": steps,
         "accountant": OPACUS_ACCOUNTANT[spec.accountant], "max_grad_norm": r.max_grad_norm,
         "opacus_grad_sample_mode": "hooks", "device": describe_device(device),
+        "input_normalization": prepared.records["input_normalization"],
     }
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
@@ -774,7 +793,8 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
                      ema_decay: float | None = None, lr_schedule: str | None = None,
                      warmup_epochs: float | None = None, freeze: str | None = None,
                      class_clip: str | None = None, auto_clip: bool | None = None,
-                     auto_clip_stability: float | None = None, threads: int = 1, jobs: int = 1,
+                     auto_clip_stability: float | None = None,
+                     input_normalization: str | None = None, threads: int = 1, jobs: int = 1,
                      device: str = "auto", json_path: Path | None = None,
                      echo: Callable[[str], None] = print) -> dict[str, Any]:
     """The benchmark as `benchmarks/accuracy.py` and `dpscope bench accuracy` run it: the tuned
@@ -791,13 +811,17 @@ def run_from_options(datasets: Sequence[str], models: Sequence[str], epsilons: S
         raise ConfigError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
     if auto_clip_stability is not None and not 0 < auto_clip_stability < float("inf"):
         raise ConfigError(f"auto_clip_stability must be finite and > 0, got {auto_clip_stability}")
+    if input_normalization is not None and input_normalization not in INPUT_NORMALIZATIONS:
+        raise ConfigError(f"input_normalization must be one of {', '.join(INPUT_NORMALIZATIONS)}, "
+                          f"got {input_normalization!r}")
     parse_freeze_patterns(freeze)  # a malformed list fails here; unmatched names fail per model
     resolve_device(device)  # a device this machine lacks fails before any run
     changes = dict(batch_size=batch_size, lr=lr, momentum=momentum, max_grad_norm=max_grad_norm,
                    epochs=epochs, ema_decay=ema_decay, lr_schedule=lr_schedule,
                    warmup_epochs=warmup_epochs, freeze=freeze or None,
                    class_clip=None if class_clip is None else parse_class_clip(class_clip),
-                   auto_clip=auto_clip, auto_clip_stability=auto_clip_stability)
+                   auto_clip=auto_clip, auto_clip_stability=auto_clip_stability,
+                   input_normalization=input_normalization)
     specs = plan_grid(datasets, models, epsilons, seeds, variants, accountant=accountant,
                       threads=threads, device=device, private_changes=changes,
                       nonprivate_changes=dict(epochs=epochs))

@@ -86,12 +86,19 @@ def _train_or_resume(task: RunTask) -> tuple[dict[str, Any], int | None]:
 
 
 def _check_same_run(folder: RunFolder, planned: RunConfig) -> None:
-    stored = folder.read_config().model_dump(mode="json")
-    wanted = planned.model_dump(mode="json")
+    stored, wanted = (_resolved(config) for config in (folder.read_config(), planned))
     changed = sorted(k for k in wanted if k != "threads" and stored.get(k) != wanted[k])
     if changed:
         raise ConfigError(f"run folder {folder.path} holds a run with other options "
                           f"({', '.join(changed)}); move it away to rerun")
+
+
+def _resolved(config: RunConfig) -> dict[str, Any]:
+    """The options as the run applies them: `auto` input statistics as fixed or train, so a
+    non-private run from before the option is the same run, a private one is not."""
+    from dpscope.dataset_prep import input_statistics_kind
+
+    return {**config.model_dump(mode="json"), "input_normalization": input_statistics_kind(config)}
 
 
 def one_line_error(error: BaseException) -> str:
