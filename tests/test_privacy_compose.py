@@ -149,6 +149,30 @@ def test_cli_prints_the_table_and_writes_json(runs, tmp_path):
     assert [r["counted_as"] for r in record["runs"]] == ["ledger", "ledger"]
 
 
+def test_runs_normalised_by_their_training_statistics_are_flagged(runs, tmp_path):
+    old = _copy(runs / "eps2", tmp_path / "old")  # a run from before fixed input statistics
+    record = json.loads((old / "config.json").read_text())
+    del record["config"]["input_normalization"]
+    (old / "config.json").write_text(json.dumps(record))
+    summary = _summary(old)
+    del summary["input_normalization"]
+    (old / "summary.json").write_text(json.dumps(summary))
+    twin = tmp_path / "twin"  # an Opacus twin that records no input statistics: an old one
+    twin.mkdir()
+    (twin / "summary.json").write_text(json.dumps({
+        "dataset": "digits", "private": True, "noise_multiplier": 1.5, "sample_rate": 0.1,
+        "privacy_steps": 20, "delta": 1e-5}))
+    composed = compose_runs([runs / "eps2", runs / "cut", old, twin])
+    assert [run.input_statistics_covered for run in composed.runs] == [True, True, False, False]
+    assert composed.uncovered_input_statistics == composed.runs[2:]
+    out = tmp_path / "spent.json"
+    result = CliRunner().invoke(app, ["privacy", "compose", str(runs / "eps2"), str(old), "--json", str(out)])
+    assert result.exit_code == 0 and "WARNING" in result.output and "1 of the runs" in result.output
+    assert [r["input_statistics_covered"] for r in json.loads(out.read_text())["runs"]] == [True, False]
+    clean = CliRunner().invoke(app, ["privacy", "compose", str(runs / "eps2"), str(runs / "sigma3")])
+    assert "WARNING" not in clean.output
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["missing"], "no such run folder"),
     (["RUN", "--accountant", "moments"], "--accountant"),

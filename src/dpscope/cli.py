@@ -287,6 +287,12 @@ def privacy_compose(
     console.print(f"[bold]together[/bold]: epsilon {composed.epsilon:.4g} at delta "
                   f"{composed.delta:g} ({len(composed.runs)} runs, {accountant}, "
                   "add-or-remove-one)", highlight=False)
+    uncovered = composed.uncovered_input_statistics
+    if uncovered:
+        console.print(f"[bold red]WARNING[/bold red]: {len(uncovered)} of the runs normalised their "
+                      "inputs by their training images' mean and std, which no epsilon here covers "
+                      "(runs from before fixed input statistics, or --input-normalization train)",
+                      highlight=False)
     if json_path is not None:
         write_json_atomic(json_path, composed.to_dict())
         console.print(f"wrote {escape(str(json_path))}", highlight=False)

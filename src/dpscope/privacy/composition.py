@@ -9,7 +9,10 @@ module reads the runs' folders and asks the accountant for that bound, conservat
 - an unfinished one counts its whole plan, because steps taken after its last saved ledger
   (the ledger is saved at each epoch's end) are not recorded anywhere;
 - a benchmark Opacus twin counts the noise multiplier, sample rate and steps of its summary;
-- a non-private run on the same data has no finite epsilon, so neither has the total.
+- a non-private run on the same data has no finite epsilon, so neither has the total;
+- a private run whose inputs were normalised by its training images' mean and std (every run
+  from before fixed input statistics, and any with `--input-normalization train`) released
+  something no noise covers: it is composed, and flagged.
 
 Validation metrics read to choose among runs are not covered by any of this: the validation
 split is not trained on with DP.
@@ -17,6 +20,7 @@ split is not trained on with DP.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ class RunSpend:
     segments: tuple[Segment, ...]
     private: bool
     counted_as: str  # "ledger", "plan (unfinished)", "summary", "non-private"
+    input_statistics_covered: bool = True  # False: normalised by its private images' statistics
 
     @property
     def steps(self) -> int:
@@ -62,8 +67,10 @@ def read_run_spend(run_dir: Path | str) -> RunSpend:
     if summary is not None and "perturbation" in summary:
         raise PrivacyError(f"{path} trained on a private copy made by input perturbation: its "
                            "guarantee is the copy's record, not a ledger to compose; leave it out")
+    covered = _input_statistics_covered(summary, config)
     if ledger_record is not None:
-        return _from_ledger(path, dataset, ledger_record, finished=summary is not None)
+        spend = _from_ledger(path, dataset, ledger_record, finished=summary is not None)
+        return dataclasses.replace(spend, input_statistics_covered=covered)
     private = (summary or {}).get("private")
     if private is None and config:
         private = config.get("epsilon") is not None or config.get("noise_multiplier") is not None
@@ -72,10 +79,20 @@ def read_run_spend(run_dir: Path | str) -> RunSpend:
     if summary is not None and all(k in summary for k in _SUMMARY_FIELDS):
         segment = (float(summary["sample_rate"]), float(summary["noise_multiplier"]),
                    int(summary["privacy_steps"]))
-        return RunSpend(str(path), dataset, float(summary["delta"]), (segment,), True, "summary")
+        return RunSpend(str(path), dataset, float(summary["delta"]), (segment,), True, "summary",
+                        covered)
     raise PrivacyError(f"{path}: no {LEDGER_FILE} and no private summary, so its steps are not "
                        "recorded (a run stopped before its first epoch ended?); resume it to the "
                        "end, or leave it out if it never trained")
+
+
+def _input_statistics_covered(summary: dict[str, Any] | None, config: dict[str, Any]) -> bool:
+    """Whether a private run's input statistics were data-independent: its summary says so, or
+    its config does (a run or twin recording neither predates fixed statistics)."""
+    record = (summary or {}).get("input_normalization")
+    if record is not None:
+        return bool(record["covered_by_privacy"])
+    return config.get("input_normalization", "train") in ("fixed", "auto") and not config.get("perturb")
 
 
 # a summary without a ledger that still says what ran (the accuracy benchmark's Opacus twin)
@@ -121,12 +138,18 @@ class ComposedSpend:
     delta: float
     accountant: str
 
+    @property
+    def uncovered_input_statistics(self) -> tuple[RunSpend, ...]:
+        """Private runs whose inputs were normalised by their training images' statistics."""
+        return tuple(run for run in self.runs if run.private and not run.input_statistics_covered)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "epsilon": self.epsilon, "delta": self.delta, "accountant": self.accountant,
             "neighboring_relation": "add_or_remove_one",
             "runs": [{"path": run.path, "dataset": run.dataset, "counted_as": run.counted_as,
                       "steps": run.steps, "epsilon_alone": eps,
+                      "input_statistics_covered": run.input_statistics_covered,
                       "segments": [{"sample_rate": q, "noise_multiplier": s, "steps": n}
                                    for q, s, n in run.segments]}
                      for run, eps in zip(self.runs, self.alone)],
