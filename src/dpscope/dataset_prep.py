@@ -10,8 +10,9 @@ Order, and why: the group attribute is attached first (imbalance and metrics rea
 imbalance is drawn next, and the training images are perturbed after it, so only the images
 the run trains on are perturbed. The input statistics come last, from the images actually
 trained on, or fixed: a private run's mean and std must not come from its private images
-(epsilon does not cover them), so it uses data-independent constants unless told otherwise. Every step is a pure function of the config and the seed, so a
-resumed run rebuilds exactly the same data.
+(epsilon does not cover them), so it uses data-independent constants unless told otherwise.
+Every step is a pure function of the config and the seed, so a resumed run rebuilds exactly
+the same data.
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ def _input_statistics(config: RunConfig, dataset: Dataset) -> tuple[Dataset, dic
                      ": NOT covered by epsilon; --input-normalization fixed avoids it" if leaks else ""))
     return dataset, {"statistics": kind, "mean": list(dataset.mean), "std": list(dataset.std),
                      "covered_by_privacy": not leaks, "statement": statement}
+
+
+def input_statistics_line(record: dict[str, Any]) -> str:
+    """The plan's and the privacy statement's line on a private run's input statistics."""
+    warning = "" if record["covered_by_privacy"] else "WARNING: "
+    return f"{warning}input statistics: {record['statement']}"
 
 
 def _values(numbers: tuple[float, ...]) -> str:

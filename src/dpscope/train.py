@@ -29,7 +29,7 @@ from dpscope.data import Dataset, load_dataset
 from dpscope.data.augment import BatchAugmenter
 from dpscope.data.poisson import ShuffledBatchSampler
 from dpscope.device import describe_device, peak_memory_mb, reset_peak_memory, resolve_device
-from dpscope.dataset_prep import PreparedData, fairness_entry, prepare_dataset
+from dpscope.dataset_prep import PreparedData, fairness_entry, input_statistics_line, prepare_dataset
 from dpscope.metrics import classification_metrics, predict
 from dpscope.models import build_model
 from dpscope.models.freeze import describe_frozen, freeze_parameters
@@ -295,10 +295,8 @@ def _describe(config: RunConfig, prepared: PreparedData, parts: TrainingParts) -
                  f"{record['test']['group_share']:.2%} of test ({record['test_composition']})")
     if "perturbation" in prepared.records:
         text += "\nperturbation: " + prepared.records["perturbation"]["statement"]
-    normalization = prepared.records["input_normalization"]
     if parts.privacy is not None:
-        warning = "" if normalization["covered_by_privacy"] else "WARNING: "
-        text += f"\n{warning}input statistics: {normalization['statement']}"
+        text += "\n" + input_statistics_line(prepared.records["input_normalization"])
     return text
 
 
@@ -397,7 +395,7 @@ def _summary(config: RunConfig, prepared: PreparedData, model: torch.nn.Module,
         summary.update(parts.privacy.summary())
     summary.update(prepared.records)
     if parts.privacy is not None:
-        summary["privacy_statement"] += "\ninput statistics: " + prepared.records["input_normalization"]["statement"]
+        summary["privacy_statement"] += "\n" + input_statistics_line(prepared.records["input_normalization"])
     if prepared.group_names is not None:
         summary["fairness"] = fairness_entry(prepared, logits.argmax(1).cpu().numpy(),
                                              seed=config.seed)
