@@ -12,6 +12,7 @@ from dpscope.callbacks import Callback
 from dpscope.cli import app
 from dpscope.config import make_run_config
 from dpscope.data import load_dataset
+from dpscope.dataset_prep import prepare_dataset
 from dpscope.metrics import classification_metrics, predict
 from dpscope.models import build_model
 from dpscope.train import train
@@ -60,12 +61,12 @@ class RecordIterates(Callback):
 
 def test_private_run_reports_the_average_of_its_iterates(tmp_path):
     record = RecordIterates()
-    summary = train(make_run_config(**PRIVATE, ema_decay=DECAY), run_dir=tmp_path / "r",
-                    callbacks=[record])
+    config = make_run_config(**PRIVATE, ema_decay=DECAY)
+    summary = train(config, run_dir=tmp_path / "r", callbacks=[record])
     average = dict(record.iterates[0])
     for iterate in record.iterates[1:]:
         average = {k: DECAY * average[k] + (1 - DECAY) * iterate[k] for k in average}
-    dataset = load_dataset("digits", seed=0)
+    dataset = prepare_dataset(config, load_dataset("digits", seed=0)).dataset  # the run's input statistics
     model = build_model("mlp", in_channels=dataset.in_channels, image_size=dataset.image_size,
                         num_classes=dataset.num_classes)
     images = dataset.normalize(dataset.test.images)
