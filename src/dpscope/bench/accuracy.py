@@ -106,7 +106,7 @@ PRIVATE_RECIPES: dict[tuple[str, float], Recipe] = {
 # resnet20: chosen on the validation split at eps 8 (see TUNING); eps 3 follows the cnn's lr
 # ratio and is not tuned; at eps 1 the last stage's convolutions stay at their random init,
 # per-example gradients are normalised (automatic clipping) and pneumonia (the majority class)
-# is bounded by 0.4 C (see TUNING).
+# is bounded by 0.35 C (see TUNING).
 RESNET20_LAST_STAGE_CONVS = "stages.2.*.conv?.weight,stages.2.0.shortcut.0.weight"
 MODEL_PRIVATE_RECIPES: dict[tuple[str, str, float], Recipe] = {
     ("pneumoniamnist", "resnet20", 8.0): Recipe(batch_size=428, lr=4.0, momentum=0.0, epochs=20,
@@ -115,7 +115,7 @@ MODEL_PRIVATE_RECIPES: dict[tuple[str, str, float], Recipe] = {
                                                 ema_decay=0.95),
     ("pneumoniamnist", "resnet20", 1.0): Recipe(batch_size=428, lr=4.0, momentum=0.0, epochs=20,
                                                 ema_decay=0.95, freeze=RESNET20_LAST_STAGE_CONVS,
-                                                class_clip=(1.0, 0.4), auto_clip=True),
+                                                class_clip=(1.0, 0.35), auto_clip=True),
 }
 NONPRIVATE_RECIPES: dict[str, Recipe] = {
     "pneumoniamnist": Recipe(batch_size=64, lr=0.05, momentum=0.9, epochs=20),
@@ -235,7 +235,13 @@ TUNING: tuple[str, ...] = (
     "accuracy, .681 and .627; not used)",
     "input statistics: every run above normalised its inputs by the training images' mean and "
     "std, which epsilon does not cover; from session 9 private runs use fixed constants (mean "
-    "0.5, std 0.25) and the recipes were kept as tuned, not tuned again",
+    "0.5, std 0.25) and the recipes were kept as tuned, not tuned again, except:",
+    "resnet20 eps 1, session 9, the class bound again under fixed input statistics (the same "
+    "rule, the two candidates of the last choice): 0.4 C .863/.836/.742 (mean .814, balanced "
+    ".698; seed 2 at the majority class) against 0.35 C .876/.815/.866 (mean .852, balanced "
+    ".814) -> 0.35 chosen back. The 0.4 C runs were the recipe's benchmark runs, so their test "
+    "accuracy had been read (0.708 +- 0.090, 6 seeds 0.715); the choice follows the rule on "
+    "validation only",
     "resnet18 (session 7, H100): the cnn's eps-8 recipe, untuned (b428 lr 2 40 ep, pneumonia "
     "0.7 C), seeds 0-2 val .950/.943/.947",
     "privacy: each run's epsilon covers that run only. Selecting among k private runs on the same "
@@ -243,8 +249,8 @@ TUNING: tuple[str, ...] = (
     "composition (pneumoniamnist cnn: 25 runs at eps 8 + 11 augmented + 6 with class bounds, 10 "
     "at eps 1, 6 at eps 3; resnet20: 3 finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the "
     "choice, 13 at eps 1 plus 4 stopped before session 6, which added 9 finished and 4 stopped, and "
-    "session 7 12 more plus 3 on a GPU, session 8 10 finished and 1 stopped, session 9 2 finished and 2 stopped; cnn 3 more at eps 8 on a GPU; resnet18: 3 at eps 8 on a "
-    "GPU; each GPU run also had an Opacus twin; digits: 18 at eps 1)",
+    "session 7 12 more plus 3 on a GPU, session 8 10 finished and 1 stopped, session 9 2 finished and 2 stopped in tuning and, with fixed input statistics, 6 at 0.4 C, 6 at 0.35 C, 6 at eps 3 and 8, and Opacus twins; cnn 3 more at eps 8 on a GPU; resnet18: 3 at eps 8 on a "
+    "GPU; each GPU run also had an Opacus twin; digits: 18 at eps 1; session 9 with fixed input statistics: cnn 9 at eps 1-8 (with their twins repeated once for timing, identically) and 7 more at eps 8, digits 6)",
 )
 
 
