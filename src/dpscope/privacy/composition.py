@@ -92,7 +92,8 @@ def _input_statistics_covered(summary: dict[str, Any] | None, config: dict[str, 
     record = (summary or {}).get("input_normalization")
     if record is not None:
         return bool(record["covered_by_privacy"])
-    return config.get("input_normalization", "train") in ("fixed", "auto") and not config.get("perturb")
+    # auto is fixed statistics on raw images, and a perturbed copy's statistics are post-processing
+    return config.get("input_normalization", "train") != "train" or bool(config.get("perturb"))
 
 
 # a summary without a ledger that still says what ran (the accuracy benchmark's Opacus twin)
