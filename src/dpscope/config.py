@@ -208,6 +208,25 @@ class RunConfig(BaseModel):
     def private(self) -> bool:
         return self.epsilon is not None or self.noise_multiplier is not None
 
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> "RunConfig":
+        """A config as a run folder saved it; one saved before input_normalization existed was
+        normalised by its training statistics."""
+        return cls(**{"input_normalization": "train", **values})
+
+    @property
+    def input_statistics(self) -> str:
+        """"fixed" or "train" (dpscope.dataset_prep): `auto` is fixed for a private run on raw
+        images; a perturbed copy's statistics are post-processing of the copy."""
+        if self.input_normalization != "auto":
+            return self.input_normalization
+        return "fixed" if self.private and self.perturb is None else "train"
+
+    @property
+    def input_statistics_covered(self) -> bool:
+        """False when a private run's inputs are normalised by its private images' statistics."""
+        return not (self.private and self.input_statistics == "train" and self.perturb is None)
+
     def check_augment(self) -> None:
         """ConfigError for copies without augmentation (checked at run start, not per option, so
         that study specs can vary augment_multiplicity alone)."""

@@ -66,20 +66,12 @@ def prepare_dataset(config: RunConfig, dataset: Dataset) -> PreparedData:
     return PreparedData(dataset, group_names, groups, records)
 
 
-def input_statistics_kind(config: RunConfig) -> str:
-    """"fixed" or "train": `auto` is fixed for a private run on raw images; a perturbed copy's
-    statistics are post-processing of the copy, so covered by its guarantee."""
-    if config.input_normalization != "auto":
-        return config.input_normalization
-    return "fixed" if config.private and config.perturb is None else "train"
-
-
 def _input_statistics(config: RunConfig, dataset: Dataset) -> tuple[Dataset, dict[str, Any]]:
-    kind = input_statistics_kind(config)
+    kind = config.input_statistics
     if kind == "fixed":
         channels = dataset.in_channels
         dataset = dataclasses.replace(dataset, mean=(FIXED_MEAN,) * channels, std=(FIXED_STD,) * channels)
-    leaks = config.private and kind == "train" and config.perturb is None
+    leaks = not config.input_statistics_covered
     values = f"mean {_values(dataset.mean)}, std {_values(dataset.std)}"
     statement = (f"fixed {values} (data-independent)" if kind == "fixed" else
                  f"{values} of the training images" + (

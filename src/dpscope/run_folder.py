@@ -109,8 +109,7 @@ class RunFolder:
             raise ConfigError(f"{self.path} is not a run folder: config.json is missing")
         try:
             payload = json.loads(self.config_path.read_text())
-            # runs configured before input_normalization existed were normalised by training statistics
-            return RunConfig(**{"input_normalization": "train", **payload["config"]})
+            return RunConfig.from_saved(payload["config"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"{self.config_path} is unreadable ({error}); start a new run") from None
 

@@ -39,7 +39,6 @@ import torch
 
 from dpscope.class_clip import ClassClip, parse_class_clip
 from dpscope.config import INPUT_NORMALIZATIONS, RunConfig, make_run_config
-from dpscope.dataset_prep import input_statistics_kind
 from dpscope.device import describe_device, resolve_device
 from dpscope.errors import ConfigError
 from dpscope.io import write_json_atomic
@@ -336,7 +335,7 @@ class RunSpec:
     @property
     def input_statistics(self) -> str:
         """"fixed" or "train", as dpscope.dataset_prep resolves the recipe's input_normalization."""
-        return input_statistics_kind(self.dpscope_config())
+        return self.dpscope_config().input_statistics
 
     def dpscope_config(self) -> RunConfig:
         """The `dpscope train` configuration of this run (the Opacus twin reads its data from it)."""

@@ -67,7 +67,7 @@ def read_run_spend(run_dir: Path | str) -> RunSpend:
     if summary is not None and "perturbation" in summary:
         raise PrivacyError(f"{path} trained on a private copy made by input perturbation: its "
                            "guarantee is the copy's record, not a ledger to compose; leave it out")
-    covered = _input_statistics_covered(summary, config)
+    covered = _input_statistics_covered(path, summary, config)
     if ledger_record is not None:
         spend = _from_ledger(path, dataset, ledger_record, finished=summary is not None)
         return dataclasses.replace(spend, input_statistics_covered=covered)
@@ -86,14 +86,21 @@ def read_run_spend(run_dir: Path | str) -> RunSpend:
                        "end, or leave it out if it never trained")
 
 
-def _input_statistics_covered(summary: dict[str, Any] | None, config: dict[str, Any]) -> bool:
+def _input_statistics_covered(path: Path, summary: dict[str, Any] | None, config: dict[str, Any]) -> bool:
     """Whether a private run's input statistics were data-independent: its summary says so, or
     its config does (a run or twin recording neither predates fixed statistics)."""
     record = (summary or {}).get("input_normalization")
     if record is not None:
         return bool(record["covered_by_privacy"])
-    # auto is fixed statistics on raw images, and a perturbed copy's statistics are post-processing
-    return config.get("input_normalization", "train") != "train" or bool(config.get("perturb"))
+    if not config:
+        return False
+    from dpscope.config import RunConfig  # pydantic only where a config must be read
+
+    try:
+        return RunConfig.from_saved(config).input_statistics_covered
+    except ValueError as error:
+        raise PrivacyError(f"{path / 'config.json'} is unreadable ({error}); restore it or leave "
+                           "that run out") from None
 
 
 # a summary without a ledger that still says what ran (the accuracy benchmark's Opacus twin)

@@ -96,9 +96,7 @@ def _check_same_run(folder: RunFolder, planned: RunConfig) -> None:
 def _resolved(config: RunConfig) -> dict[str, Any]:
     """The options as the run applies them: `auto` input statistics as fixed or train, so a
     non-private run from before the option is the same run, a private one is not."""
-    from dpscope.dataset_prep import input_statistics_kind
-
-    return {**config.model_dump(mode="json"), "input_normalization": input_statistics_kind(config)}
+    return {**config.model_dump(mode="json"), "input_normalization": config.input_statistics}
 
 
 def one_line_error(error: BaseException) -> str:
