@@ -1,4 +1,5 @@
-"""The channels-last max pooling gives exactly nn.MaxPool2d's outputs and gradients."""
+"""The channels-last max pooling gives exactly nn.MaxPool2d's outputs and gradients, and the cnn
+run channels-last on the CPU computes what it computes in NCHW order."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from dpscope.models import build_model
+from dpscope.models.layout import channels_last_on_cpu
 from dpscope.models.pool import ChannelsLastMaxPool2d
 
 
@@ -56,3 +59,39 @@ def test_per_example_gradients_by_torch_func_go_through_it():
 
     got, want = per_example(model), per_example(reference)
     assert all(torch.equal(got[name], want[name]) for name in params)
+
+
+def test_a_channels_last_input_is_pooled_in_its_own_order():
+    x = torch.randn(4, 16, 14, 14).contiguous(memory_format=torch.channels_last)
+    out = ChannelsLastMaxPool2d(2, 1)(x)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert torch.equal(out, nn.MaxPool2d(2, 1)(x.contiguous()))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channels_last_on_cpu_gives_convolutions_an_nhwc_input(channels):
+    x = torch.randn(5, channels, 28, 28)
+    converted = channels_last_on_cpu(x)
+    assert torch.equal(converted, x)
+    assert nn.Conv2d(channels, 8, 3)(converted).is_contiguous(memory_format=torch.channels_last)
+    assert channels_last_on_cpu(torch.randn(3, 8, 8)).is_contiguous()  # not 4-d: as it was
+
+
+@pytest.mark.parametrize("channels, size", [(1, 28), (3, 32), (1, 8)])
+def test_the_cnn_channels_last_computes_what_it_computes_in_nchw(monkeypatch, channels, size):
+    torch.manual_seed(0)
+    model = build_model("cnn", in_channels=channels, image_size=size, num_classes=3).double()
+    x, y = torch.randn(6, channels, size, size, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    got = loss_and_grads()
+    monkeypatch.setattr("dpscope.models.cnn.channels_last_on_cpu", lambda t: t)
+    want = loss_and_grads()
+    torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=0)
+    for g, w in zip(got[1], want[1]):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)

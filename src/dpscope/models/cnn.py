@@ -18,6 +18,7 @@ from torch import nn
 
 from dpscope.errors import ConfigError
 from dpscope.models.init import conv_out_size, init_weights
+from dpscope.models.layout import channels_last_on_cpu
 from dpscope.models.pool import ChannelsLastMaxPool2d
 
 # (kernel, stride, padding) of the two convolutions
@@ -51,4 +52,4 @@ class PapernotCNN(nn.Module):
         init_weights(self, "tanh")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(channels_last_on_cpu(x)))

@@ -20,5 +20,7 @@ class ChannelsLastMaxPool2d(nn.MaxPool2d):
         # torch.func transforms (the vmap strategy) cannot change memory format: pool as usual
         if x.dim() != 4 or torch._C._functorch.is_functorch_wrapped_tensor(x):
             return super().forward(x)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return super().forward(x)  # already channels-last: pool there, keep the order
         pooled = super().forward(x.contiguous(memory_format=torch.channels_last))
         return pooled.contiguous()
