@@ -60,13 +60,29 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
-    """The device and what it is, e.g. 'cuda:0 (NVIDIA H100 80GB HBM3)' or 'cpu (x86_64)'."""
+    """The device and what it is, e.g. 'cuda:0 (NVIDIA H100 80GB HBM3)' or 'cpu (AMD EPYC,
+    x86_64)'. The CPU model matters to a reader: oneDNN picks other kernels on other CPUs, so
+    float sums round differently and a chaotic run can end elsewhere."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     if device.type == "cpu":
-        return f"cpu ({platform.machine()})"
+        model = cpu_model()
+        return f"cpu ({model + ', ' if model else ''}{platform.machine()})"
     return str(device)
+
+
+def cpu_model() -> str:
+    """The CPU's model name ('' where the system does not say): Linux's /proc/cpuinfo, else
+    platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor().strip()
 
 
 def synchronize(device: torch.device) -> None:
