@@ -246,7 +246,9 @@ TUNING: tuple[str, ...] = (
     "stages.1.0.shortcut.0.weight' added) .773/.586, stopped before seed 2 (it could not reach "
     ".852); (B) lr 2 .924/.842/.742 (mean .836, balanced .917/.804/.500, AUC .973/.886/.914; seed 2 "
     "ends at the majority class) against lr 4's .876/.815/.866 (mean .852) -> neither adopted. "
-    "The driver printed test accuracy for finished runs (A .734/.697, B seed 0 .848); not used",
+    "The driver printed test accuracy for finished runs (A .734/.697, B seed 0 .848); not used. "
+    "The baseline .852 came from session 9's Intel Xeon; lr 4 on this session's AMD EPYC gave "
+    ".914/.805/.880 (mean .866), so lr 4 stays on either machine",
     "resnet18 (session 7, H100): the cnn's eps-8 recipe, untuned (b428 lr 2 40 ep, pneumonia "
     "0.7 C), seeds 0-2 val .950/.943/.947",
     "privacy: each run's epsilon covers that run only. Selecting among k private runs on the same "
@@ -255,7 +257,7 @@ TUNING: tuple[str, ...] = (
     "at eps 1, 6 at eps 3; resnet20: 3 finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the "
     "choice, 13 at eps 1 plus 4 stopped before session 6, which added 9 finished and 4 stopped, and "
     "session 7 12 more plus 3 on a GPU, session 8 10 finished and 1 stopped, session 9 2 finished and 2 stopped in tuning and, with fixed input statistics, 6 at 0.4 C, 6 at 0.35 C, 6 at eps 3 and 8, and Opacus twins; cnn 3 more at eps 8 on a GPU; resnet18: 3 at eps 8 on a "
-    "GPU; each GPU run also had an Opacus twin; digits: 18 at eps 1; session 9 with fixed input statistics: cnn 9 at eps 1-8 (with their twins repeated once for timing, identically) and 7 more at eps 8, digits 6; session 10: resnet20 5 finished and 1 stopped in tuning, lr 2 seed 0 once more (the same figures to the last digit) beside its Opacus twin, stopped; cnn channels-last: 9 at eps 1-8 with their twins and 7 more at eps 8)",
+    "GPU; each GPU run also had an Opacus twin; digits: 18 at eps 1; session 9 with fixed input statistics: cnn 9 at eps 1-8 (with their twins repeated once for timing, identically) and 7 more at eps 8, digits 6; session 10: resnet20 5 finished and 1 stopped in tuning, lr 2 seed 0 once more (the same figures to the last digit) beside its Opacus twin, stopped; cnn channels-last: 9 at eps 1-8 with their twins and 7 more at eps 8; resnet20 measured again on this CPU: 6 at eps 1 with 3 Opacus twins, 6 at eps 3 and 8)",
 )
 
 
