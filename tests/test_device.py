@@ -203,12 +203,9 @@ def test_a_clipped_example_stays_within_its_bound_on_the_gpu_even_with_tf32(stra
 
 
 def test_the_cpu_is_described_by_its_model(monkeypatch, tmp_path):
-    import builtins
-
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
-    real_open = builtins.open
-    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    monkeypatch.setattr("dpscope.device.CPUINFO", str(cpuinfo))
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
     assert describe_device(torch.device("cpu")) == "cpu (AMD EPYC 9654 96-Core Processor, x86_64)"
     cpuinfo.write_text("processor\t: 0\n")  # no model line (some ARM kernels): platform's word only

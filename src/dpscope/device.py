@@ -11,6 +11,7 @@ the CPU and a GPU draw different noise (each reproducible).
 
 from __future__ import annotations
 
+import os
 import platform
 from contextlib import contextmanager
 from typing import Iterator
@@ -72,17 +73,26 @@ def describe_device(device: torch.device) -> str:
     return str(device)
 
 
+CPUINFO = "/proc/cpuinfo"  # Linux's description of the CPUs
+
+
 def cpu_model() -> str:
-    """The CPU's model name ('' where the system does not say): Linux's /proc/cpuinfo, else
+    """The CPU's model name ('' where the system does not say): Linux's CPUINFO, else
     platform.processor()."""
     try:
-        with open("/proc/cpuinfo") as info:
+        with open(CPUINFO) as info:
             for line in info:
                 if line.lower().startswith("model name"):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor().strip()
+
+
+def machine_record() -> dict[str, object]:
+    """The machine a benchmark ran on, for its JSON record."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(), "cpus": os.cpu_count()}
 
 
 def synchronize(device: torch.device) -> None:

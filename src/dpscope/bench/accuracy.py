@@ -39,7 +39,7 @@ import torch
 
 from dpscope.class_clip import ClassClip, parse_class_clip
 from dpscope.config import INPUT_NORMALIZATIONS, RunConfig, make_run_config
-from dpscope.device import cpu_model, describe_device, resolve_device
+from dpscope.device import describe_device, machine_record, resolve_device
 from dpscope.errors import ConfigError
 from dpscope.io import write_json_atomic
 from dpscope.models.freeze import parse_freeze_patterns
@@ -778,8 +778,7 @@ def environment(threads: int, jobs: int, device: str = "auto") -> dict[str, Any]
     except ImportError:
         opacus_version = None
     return {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_model": cpu_model(), "cpus": os.cpu_count()},
+        "machine": machine_record(),
         "device": describe_device(resolve_device(device)),
         "threads_per_run": threads, "parallel_runs": jobs, "torch": torch.__version__,
         "opacus": opacus_version, "python": platform.python_version(), "code_version": code_version(),

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from dpscope import clipping
 from dpscope.bench import _opacus
-from dpscope.device import cpu_model, describe_device, reset_peak_memory, resolve_device, synchronize
+from dpscope.device import describe_device, machine_record, reset_peak_memory, resolve_device, synchronize
 from dpscope.device import peak_memory_mb as device_peak_mb
 from dpscope.errors import ConfigError
 from dpscope.io import write_json_atomic
@@ -216,8 +216,7 @@ def run_clipping_benchmark(
                           "(drop --cpu-time)")
     record = {
         "device": describe_device(where),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_model": cpu_model(),
-                    "cpus": os.cpu_count()},
+        "machine": machine_record(),
         "torch": torch.__version__,
         "threads": threads,
         "clock": "process CPU time" if cpu_time else "wall time",

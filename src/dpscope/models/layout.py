@@ -12,13 +12,18 @@ from __future__ import annotations
 import torch
 
 
+def under_torch_func(x: torch.Tensor) -> bool:
+    """True inside torch.func transforms (the vmap strategy, the exactness references), which
+    cannot change memory format."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def channels_last_on_cpu(x: torch.Tensor) -> torch.Tensor:
     """`x` (N, C, H, W) in channels-last order when it is on the CPU; unchanged otherwise, and
-    under torch.func transforms, which cannot change memory format."""
-    if x.dim() != 4 or x.device.type != "cpu" or torch._C._functorch.is_functorch_wrapped_tensor(x):
+    under torch.func transforms."""
+    if x.dim() != 4 or x.device.type != "cpu" or under_torch_func(x):
         return x
-    if x.shape[1] == 1:  # both orders are contiguous: give it the strides that convolutions read as NHWC
-        x = x.contiguous()
-        n, _, h, w = x.shape
-        return x.as_strided(x.shape, (h * w, 1, w, 1))
+    n, c, h, w = x.shape
+    if c == 1:  # both orders are contiguous: a view with the strides convolutions read as NHWC
+        return x.reshape(n, h, w, 1).permute(0, 3, 1, 2)
     return x.contiguous(memory_format=torch.channels_last)

@@ -14,15 +14,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dpscope.models.layout import under_torch_func
+
 
 class ChannelsLastMaxPool2d(nn.MaxPool2d):
     """`nn.MaxPool2d` (same arguments, same results) pooled in channels-last order for speed."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # torch.func transforms (the vmap strategy) cannot change memory format: pool as usual
-        if x.dim() != 4 or torch._C._functorch.is_functorch_wrapped_tensor(x):
+        if x.dim() != 4 or under_torch_func(x):
             return super().forward(x)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            return super().forward(x)  # already channels-last: pool there, keep the order
-        pooled = super().forward(x.contiguous(memory_format=torch.channels_last))
-        return pooled.contiguous()
+        pooled = super().forward(x.contiguous(memory_format=torch.channels_last))  # no copy if already
+        return pooled if x.is_contiguous(memory_format=torch.channels_last) else pooled.contiguous()
