@@ -228,6 +228,35 @@ def test_shared_layer_called_twice():
     check_against_references(Twice(), xent, torch.randn(4, 3), torch.tensor([0, 1, 1, 0]))
 
 
+@pytest.mark.parametrize("strategy", ALL)
+def test_a_layer_called_again_without_gradient_adds_nothing(strategy):
+    """A no-grad sub-forward (a constant reference, as in resnet20_centred) is not an example."""
+
+    class Reference(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+            self.out = nn.Linear(3, 2)
+            self.register_buffer("anchor", torch.randn(5, 3))
+
+        def forward(self, x):
+            with torch.no_grad():
+                reference = torch.tanh(self.fc(self.anchor)).mean(0)
+            return self.out(torch.tanh(self.fc(x)) - reference)
+
+    torch.manual_seed(0)
+    model, x, y = Reference(), torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    norms = clipping.per_example_grad_norms(model, xent, x, y, strategy)
+    expected = torch.stack([g.norm() for g in per_example_grads(model, x, y)])
+    torch.testing.assert_close(norms, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_forward_without_gradient_is_explained():
+    model, (x, y) = small_model(), batch(3)
+    with pytest.raises(UnsupportedLayerError, match="gradients enabled"), torch.no_grad():
+        clipping.per_example_grad_norms(model, xent, x, y)
+
+
 def test_wrong_loss_shape_is_explained():
     model, (x, y) = small_model(), batch(3)
     with pytest.raises(clipping.LossShapeError, match="reduction='none'"):

@@ -249,6 +249,14 @@ TUNING: tuple[str, ...] = (
     "The driver printed test accuracy for finished runs (A .734/.697, B seed 0 .848); not used. "
     "The baseline .852 came from session 9's Intel Xeon; lr 4 on this session's AMD EPYC gave "
     ".914/.805/.880 (mean .866), so lr 4 stays on either machine",
+    "resnet20 eps 1, session 11: resnet20_centred (the classifier reads pooled features minus "
+    "the mean features of 64 fixed noise images; diagnosis on a resnet20 eps-1 model: |mean "
+    "feature| 10.2 against a spread of 0.65, noise-image features within 0.42 of the mean) in "
+    "the eps-1 recipe, seeds 0-2, final-epoch val acc, AMD EPYC: .899/.805/.824 (mean .843, "
+    "balanced .898/.828/.816, AUC .963/.927/.921; training loss stays 0.44-0.87 where resnet20's "
+    "rises to ~2) against resnet20's .914/.805/.880 (.866) -> not adopted. The recipe was kept "
+    "as tuned for resnet20 (no lr or class-bound search for it). The driver printed test "
+    "accuracy (.859/.800/.796); not used",
     "resnet18 (session 7, H100): the cnn's eps-8 recipe, untuned (b428 lr 2 40 ep, pneumonia "
     "0.7 C), seeds 0-2 val .950/.943/.947",
     "privacy: each run's epsilon covers that run only. Selecting among k private runs on the same "
@@ -257,7 +265,7 @@ TUNING: tuple[str, ...] = (
     "at eps 1, 6 at eps 3; resnet20: 3 finished at eps 8 plus 2 earlier lr-4 benchmark runs read for the "
     "choice, 13 at eps 1 plus 4 stopped before session 6, which added 9 finished and 4 stopped, and "
     "session 7 12 more plus 3 on a GPU, session 8 10 finished and 1 stopped, session 9 2 finished and 2 stopped in tuning and, with fixed input statistics, 6 at 0.4 C, 6 at 0.35 C, 6 at eps 3 and 8, and Opacus twins; cnn 3 more at eps 8 on a GPU; resnet18: 3 at eps 8 on a "
-    "GPU; each GPU run also had an Opacus twin; digits: 18 at eps 1; session 9 with fixed input statistics: cnn 9 at eps 1-8 (with their twins repeated once for timing, identically) and 7 more at eps 8, digits 6; session 10: resnet20 5 finished and 1 stopped in tuning, lr 2 seed 0 once more (the same figures to the last digit) beside its Opacus twin, stopped; cnn channels-last: 9 at eps 1-8 with their twins and 7 more at eps 8; resnet20 measured again on this CPU: 6 at eps 1 with 3 Opacus twins, 6 at eps 3 and 8)",
+    "GPU; each GPU run also had an Opacus twin; digits: 18 at eps 1; session 9 with fixed input statistics: cnn 9 at eps 1-8 (with their twins repeated once for timing, identically) and 7 more at eps 8, digits 6; session 10: resnet20 5 finished and 1 stopped in tuning, lr 2 seed 0 once more (the same figures to the last digit) beside its Opacus twin, stopped; cnn channels-last: 9 at eps 1-8 with their twins and 7 more at eps 8; resnet20 measured again on this CPU: 6 at eps 1 with 3 Opacus twins, 6 at eps 3 and 8; session 11: resnet20 2 stopped at epoch 8 (a diagnosis), resnet20_centred 3 finished at eps 1)",
 )
 
 

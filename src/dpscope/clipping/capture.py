@@ -47,6 +47,8 @@ OnGrad = Callable[[LayerCall, torch.Tensor], None]
 
 def _recorder(calls: list[LayerCall], slot: int, path: str) -> Callable:
     def hook(module, args, output):
+        if not torch.is_grad_enabled():
+            return  # a sub-forward without gradient (e.g. a constant reference) adds no term to the loss
         if not isinstance(output, torch.Tensor) or output.grad_fn is None:
             raise UnsupportedLayerError(
                 f"layer '{path}' returned no tensor attached to the graph; per-example gradients "
@@ -94,6 +96,9 @@ def capture(
         for h in handles:
             h.remove()
     check_losses(losses, inputs.shape[0])
+    if losses.grad_fn is None:
+        raise UnsupportedLayerError("the losses are not attached to the graph; per-example gradients need "
+                                    "a forward pass with gradients enabled (not under torch.no_grad)")
     on_forward(calls)
     reaching = _nodes_reaching(losses.grad_fn, {c.edge.node for c in calls if c.is_source})
     hooked = [c for c in calls if not c.is_source and c.edge.node in reaching]

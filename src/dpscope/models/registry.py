@@ -10,7 +10,7 @@ from dpscope.errors import ConfigError
 from dpscope.models.cnn import PapernotCNN
 from dpscope.models.mlp import MLP
 from dpscope.models.norm import assert_dp_compatible
-from dpscope.models.resnet import resnet18, resnet20
+from dpscope.models.resnet import resnet18, resnet20, resnet20_centred
 from dpscope.models.vit import vit_tiny
 from dpscope.models.wide_resnet import wrn16_4
 
@@ -19,6 +19,7 @@ _BUILDERS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "mlp": lambda c, size, k: MLP(c * size * size, k),
     "cnn": PapernotCNN,
     "resnet20": lambda c, size, k: resnet20(c, k),
+    "resnet20_centred": resnet20_centred,
     "resnet18": lambda c, size, k: resnet18(c, k),
     "wrn16_4": lambda c, size, k: wrn16_4(c, k),
     "vit_tiny": vit_tiny,
