@@ -87,13 +87,14 @@ class ResNet(nn.Module):
         features = self.features(x)
         if self.reference_inputs is not None:
             with torch.no_grad():
-                reference = self.features(self.reference_inputs.to(x.dtype)).mean(0)
+                reference = self.features(self.reference_inputs).mean(0)
             features = features - reference
         return self.fc(features)
 
 
-def resnet20(in_channels: int, num_classes: int) -> ResNet:
-    return ResNet(in_channels, num_classes, widths=(16, 32, 64), blocks_per_stage=3, strides=(1, 2, 2))
+def resnet20(in_channels: int, num_classes: int, reference_inputs: torch.Tensor | None = None) -> ResNet:
+    return ResNet(in_channels, num_classes, widths=(16, 32, 64), blocks_per_stage=3, strides=(1, 2, 2),
+                  reference_inputs=reference_inputs)
 
 
 REFERENCE_IMAGES = 64
@@ -109,8 +110,7 @@ def resnet20_centred(in_channels: int, image_size: int, num_classes: int) -> Res
     """
     noise = torch.randn(REFERENCE_IMAGES, in_channels, image_size, image_size,
                         generator=torch.Generator().manual_seed(0))
-    return ResNet(in_channels, num_classes, widths=(16, 32, 64), blocks_per_stage=3,
-                  strides=(1, 2, 2), reference_inputs=noise)
+    return resnet20(in_channels, num_classes, reference_inputs=noise)
 
 
 def resnet18(in_channels: int, num_classes: int) -> ResNet:
