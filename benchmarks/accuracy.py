@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dpscope.bench.accuracy import DEFAULT_VARIANTS, VARIANTS, run_from_options
+from dpscope.bench.accuracy import DEFAULT_MODELS, DEFAULT_VARIANTS, VARIANTS, run_from_options
 from dpscope.errors import run_script
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", nargs="+", default=["pneumoniamnist"], help="default: pneumoniamnist")
-    parser.add_argument("--models", nargs="+", default=["cnn", "resnet20", "resnet18"])
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     parser.add_argument("--epsilons", nargs="+", type=float, default=[1.0, 3.0, 8.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS),

@@ -80,7 +80,7 @@ def bench_clipping(
 @user_errors_exit_2
 def bench_accuracy(
     dataset: Annotated[Optional[list[str]], typer.Option(help="dataset, repeatable (default: pneumoniamnist)")] = None,
-    model: Annotated[Optional[list[str]], typer.Option(help="model, repeatable (default: cnn resnet20 resnet18)")] = None,
+    model: Annotated[Optional[list[str]], typer.Option(help="model, repeatable (default: cnn resnet20 resnet20_centred resnet18)")] = None,
     epsilon: Annotated[Optional[list[float]], typer.Option(help="target epsilon, repeatable (default: 1 3 8)")] = None,
     seed: Annotated[Optional[list[int]], typer.Option(help="seed, repeatable (default: 0 1 2)")] = None,
     variant: Annotated[Optional[list[str]], typer.Option(help="nonprivate, dpscope, opacus, nonprivate_augmult or dpscope_augmult; repeatable (default: the first three)")] = None,
@@ -105,12 +105,12 @@ def bench_accuracy(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="full record (default OUT/accuracy.json)")] = None,
 ) -> None:
     """Test accuracy and AUC of private training on real data vs non-private training and Opacus."""
-    from dpscope.bench.accuracy import DEFAULT_VARIANTS, VARIANTS, run_from_options
+    from dpscope.bench.accuracy import DEFAULT_MODELS, DEFAULT_VARIANTS, VARIANTS, run_from_options
 
     unknown = sorted(set(variant or ()) - set(VARIANTS))
     if unknown:
         raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    run_from_options(dataset or ["pneumoniamnist"], model or ["cnn", "resnet20", "resnet18"],
+    run_from_options(dataset or ["pneumoniamnist"], model or list(DEFAULT_MODELS),
                      epsilon or [1.0, 3.0, 8.0], seed or [0, 1, 2], variant or list(DEFAULT_VARIANTS), out,
                      accountant=accountant, batch_size=batch_size, lr=lr, momentum=momentum,
                      max_grad_norm=max_grad_norm, epochs=epochs, ema_decay=ema_decay,
@@ -129,7 +129,7 @@ def _given(**options) -> dict:
 def train(
     dataset: Annotated[Optional[str], typer.Option(help="digits, pneumoniamnist, any MedMNIST name or .npz path, imagefolder, mnist/fashionmnist/cifar10 (torchvision)")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="where to look for data files first")] = None,
-    model: Annotated[Optional[str], typer.Option(help="mlp, cnn, resnet20, resnet18, wrn16_4, vit_tiny")] = None,
+    model: Annotated[Optional[str], typer.Option(help="mlp, cnn, resnet20, resnet20_centred, resnet18, wrn16_4, vit_tiny")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="passes over the training set")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "--logical-batch-size", help="examples per step (the expected size under Poisson sampling)")] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate")] = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -209,6 +209,17 @@ def test_a_models_own_recipe_replaces_the_datasets_and_ema_zero_turns_it_off() -
     off = plan_grid(["pneumoniamnist"], ["resnet20"], [8.0], [0], ["dpscope"],
                     private_changes={"ema_decay": 0.0})[0]
     assert off.recipe.ema_decay == 0.0 and "-ema" not in off.name
+
+
+def test_the_centred_resnet_has_its_own_eps1_recipe_in_the_default_grid() -> None:
+    from dpscope.bench.accuracy import DEFAULT_MODELS, MODEL_PRIVATE_RECIPES
+
+    assert "resnet20_centred" in DEFAULT_MODELS
+    centred = private_recipe("pneumoniamnist", 1.0, "resnet20_centred")
+    plain = MODEL_PRIVATE_RECIPES[("pneumoniamnist", "resnet20", 1.0)]
+    assert centred.class_clip != plain.class_clip
+    assert replace(centred, class_clip=plain.class_clip) == plain  # the one field chosen for it
+    assert private_recipe("pneumoniamnist", 8.0, "resnet20_centred") == centred  # untuned: borrowed
 
 
 @pytest.mark.slow

@@ -93,3 +93,35 @@ def test_match_clipping_leaves_flat_clipping_to_opacus() -> None:
     optimizer = Optimizer()
     assert match_clipping(optimizer, 1.0, None, None) is None
     assert optimizer.clip_and_accumulate == "opacus's own"
+
+
+def test_opacus_twin_of_the_centred_resnet_ignores_the_no_grad_reference_forward() -> None:
+    """resnet20_centred runs its noise images through the network under no_grad in every forward;
+    Opacus must capture only the batch's activations, as dpscope does, for the twins to compare."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    from dpscope.models import build_model
+
+    torch.manual_seed(2)
+    model = build_model("resnet20_centred", in_channels=1, image_size=8, num_classes=2)
+    x, y = torch.randn(6, 1, 8, 8), torch.tensor([0, 1] * 3)
+    bound = AutoClip(0.5, stability=0.01)
+    class_clip = ClassClip((1.0, 0.5), ("a", "b"))
+
+    ours = copy.deepcopy(model)
+    clipping.ClippingEngine(ours, "auto").clipped_grad_sum(
+        lambda out, t: F.cross_entropy(out, t, reduction="none"), x, y, bound,
+        bound_scales=class_clip.of(y))
+    want = torch.cat([p.grad.flatten() for p in ours.parameters()])
+
+    module = GradSampleModule(copy.deepcopy(model), loss_reduction="sum")
+    before = torch.cat([p.detach().flatten() for p in module.parameters()])
+    optimizer = DPOptimizer(torch.optim.SGD(module.parameters(), lr=1.0), noise_multiplier=0.0,
+                            max_grad_norm=0.5, expected_batch_size=1, loss_reduction="sum")
+    match_clipping(optimizer, 0.5, 0.01, class_clip)(y)
+    F.cross_entropy(module(x), y, reduction="sum").backward()
+    assert all(p.grad_sample.shape[0] == len(x) for p in module.parameters())
+    optimizer.step()
+    after = torch.cat([p.detach().flatten() for p in module.parameters()])
+    torch.testing.assert_close(before - after, want, rtol=1e-4, atol=1e-6)
