@@ -535,7 +535,8 @@ def _train_opacus_run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         return classification_metrics(logits, split.labels, dataset.num_classes)
 
     started, steps = time.perf_counter(), 0
-    with open(run_dir / "metrics.jsonl", "w") as metrics_file:
+    # line-buffered: an Opacus twin's progress can be followed, and a stopped one keeps its epochs
+    with open(run_dir / "metrics.jsonl", "w", buffering=1) as metrics_file:
         for epoch in range(r.epochs):
             model.train()
             for inputs, targets in loader:  # Opacus's usual way: batches from host memory
