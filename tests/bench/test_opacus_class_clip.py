@@ -122,6 +122,7 @@ def test_opacus_twin_of_the_centred_resnet_ignores_the_no_grad_reference_forward
     match_clipping(optimizer, 0.5, 0.01, class_clip)(y)
     F.cross_entropy(module(x), y, reduction="sum").backward()
     assert all(p.grad_sample.shape[0] == len(x) for p in module.parameters())
+    assert not any(getattr(m, "activations", None) for m in module.modules())  # none left over
     optimizer.step()
     after = torch.cat([p.detach().flatten() for p in module.parameters()])
     torch.testing.assert_close(before - after, want, rtol=1e-4, atol=1e-6)
