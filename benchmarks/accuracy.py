@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dpscope.bench.accuracy import DEFAULT_MODELS, DEFAULT_VARIANTS, VARIANTS, run_from_options
+from dpscope.bench.accuracy import (DEFAULT_EPSILONS, DEFAULT_MODELS, DEFAULT_SEEDS, DEFAULT_VARIANTS, VARIANTS,
+                                    run_from_options)
 from dpscope.errors import run_script
 
 
@@ -25,8 +26,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", nargs="+", default=["pneumoniamnist"], help="default: pneumoniamnist")
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-    parser.add_argument("--epsilons", nargs="+", type=float, default=[1.0, 3.0, 8.0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epsilons", nargs="+", type=float, default=list(DEFAULT_EPSILONS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS),
                         help="default: %(default)s; the *_augmult ones add the dataset's augmentation")
     parser.add_argument("--accountant", choices=("pld", "rdp"), default="pld",

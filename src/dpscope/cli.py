@@ -105,13 +105,14 @@ def bench_accuracy(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="full record (default OUT/accuracy.json)")] = None,
 ) -> None:
     """Test accuracy and AUC of private training on real data vs non-private training and Opacus."""
-    from dpscope.bench.accuracy import DEFAULT_MODELS, DEFAULT_VARIANTS, VARIANTS, run_from_options
+    from dpscope.bench.accuracy import (DEFAULT_EPSILONS, DEFAULT_MODELS, DEFAULT_SEEDS, DEFAULT_VARIANTS,
+                                        VARIANTS, run_from_options)
 
     unknown = sorted(set(variant or ()) - set(VARIANTS))
     if unknown:
         raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     run_from_options(dataset or ["pneumoniamnist"], model or list(DEFAULT_MODELS),
-                     epsilon or [1.0, 3.0, 8.0], seed or [0, 1, 2], variant or list(DEFAULT_VARIANTS), out,
+                     epsilon or list(DEFAULT_EPSILONS), seed or list(DEFAULT_SEEDS), variant or list(DEFAULT_VARIANTS), out,
                      accountant=accountant, batch_size=batch_size, lr=lr, momentum=momentum,
                      max_grad_norm=max_grad_norm, epochs=epochs, ema_decay=ema_decay,
                      lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, freeze=freeze, class_clip=class_clip,

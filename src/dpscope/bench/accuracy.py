@@ -50,6 +50,8 @@ VARIANTS: tuple[str, ...] = ("nonprivate", "dpscope", "opacus", "nonprivate_augm
 DEFAULT_VARIANTS: tuple[str, ...] = ("nonprivate", "dpscope", "opacus")  # the issue's grid
 # the issue's models, and resnet20_centred: the resnet20 that trains at eps 1 (see TUNING)
 DEFAULT_MODELS: tuple[str, ...] = ("cnn", "resnet20", "resnet20_centred", "resnet18")
+DEFAULT_EPSILONS: tuple[float, ...] = (1.0, 3.0, 8.0)  # the issue's budgets
+DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)  # mean and spread over 3 seeds
 DELTA = 1e-5
 # our accountant -> the Opacus accountant of the same kind ("pld" has no Opacus twin; PRV is the
 # other numerically tight accountant of the Poisson-subsampled Gaussian)
