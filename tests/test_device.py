@@ -204,10 +204,13 @@ def test_a_clipped_example_stays_within_its_bound_on_the_gpu_even_with_tf32(stra
 
 def test_the_cpu_is_described_by_its_model(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
+    first = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC 9654 96-Core Processor\n"
+    cpuinfo.write_text(first + "\nprocessor\t: 1\ncpu family\t: 99\nmodel\t\t: 99\n")  # the first CPU's block counts
     monkeypatch.setattr("dpscope.device.CPUINFO", str(cpuinfo))
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
-    assert describe_device(torch.device("cpu")) == "cpu (AMD EPYC 9654 96-Core Processor, x86_64)"
-    cpuinfo.write_text("processor\t: 0\n")  # no model line (some ARM kernels): platform's word only
+    monkeypatch.setattr("torch.backends.cpu.get_cpu_capability", lambda: "AVX512")
+    assert describe_device(torch.device("cpu")) == (
+        "cpu (AMD EPYC 9654 96-Core Processor, family 25 model 17, AVX512, x86_64)")
+    cpuinfo.write_text("processor\t: 0\n")  # no model lines (some ARM kernels): platform's word only
     monkeypatch.setattr("platform.processor", lambda: "")
-    assert describe_device(torch.device("cpu")) == "cpu (x86_64)"
+    assert describe_device(torch.device("cpu")) == "cpu (AVX512, x86_64)"

@@ -62,37 +62,58 @@ def resolve_device(spec: str) -> torch.device:
 
 def describe_device(device: torch.device) -> str:
     """The device and what it is, e.g. 'cuda:0 (NVIDIA H100 80GB HBM3)' or 'cpu (AMD EPYC,
-    x86_64)'. The CPU model matters to a reader: oneDNN picks other kernels on other CPUs, so
-    float sums round differently and a chaotic run can end elsewhere."""
+    family 26 model 2, AVX512, x86_64)'. The CPU matters to a reader: oneDNN picks other kernels
+    on other CPUs, so float sums round differently and a chaotic run can end elsewhere. Virtual
+    machines often name only the brand, so the x86 family and model (the generation) and the
+    vector instructions torch dispatches to are given too."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     if device.type == "cpu":
-        model = cpu_model()
-        return f"cpu ({model + ', ' if model else ''}{platform.machine()})"
+        parts = [cpu_model(), cpu_generation(), torch.backends.cpu.get_cpu_capability(), platform.machine()]
+        return f"cpu ({', '.join(part for part in parts if part)})"
     return str(device)
 
 
 CPUINFO = "/proc/cpuinfo"  # Linux's description of the CPUs
 
 
-def cpu_model() -> str:
-    """The CPU's model name ('' where the system does not say): Linux's CPUINFO, else
-    platform.processor()."""
+def _cpuinfo_fields(*names: str) -> dict[str, str]:
+    """The first CPU's values of the named CPUINFO fields (those it has; none off Linux)."""
+    found: dict[str, str] = {}
     try:
         with open(CPUINFO) as info:
             for line in info:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in names and key not in found:
+                    found[key] = value.strip()
+                if not line.strip() and found:  # the first CPU's block ends
+                    break
     except OSError:
         pass
-    return platform.processor().strip()
+    return found
+
+
+def cpu_model() -> str:
+    """The CPU's model name ('' where the system does not say): Linux's CPUINFO, else
+    platform.processor()."""
+    return _cpuinfo_fields("model name").get("model name") or platform.processor().strip()
+
+
+def cpu_generation() -> str:
+    """'family F model M' from CPUINFO (x86), '' where it does not say."""
+    fields = _cpuinfo_fields("cpu family", "model")
+    if "cpu family" not in fields or "model" not in fields:
+        return ""
+    return f"family {fields['cpu family']} model {fields['model']}"
 
 
 def machine_record() -> dict[str, object]:
     """The machine a benchmark ran on, for its JSON record."""
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_model": cpu_model(), "cpus": os.cpu_count()}
+            "cpu_model": cpu_model(), "cpu_generation": cpu_generation(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpus": os.cpu_count()}
 
 
 def synchronize(device: torch.device) -> None:
