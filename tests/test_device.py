@@ -214,3 +214,32 @@ def test_the_cpu_is_described_by_its_model(monkeypatch, tmp_path):
     cpuinfo.write_text("processor\t: 0\n")  # no model lines (some ARM kernels): platform's word only
     monkeypatch.setattr("platform.processor", lambda: "")
     assert describe_device(torch.device("cpu")) == "cpu (AVX512, x86_64)"
+
+
+class PlanReporter:
+    """Keeps the plan a run prints when it starts."""
+
+    def start(self, config, run_dir, description): self.plan = description
+    def epoch_start(self, epoch, epochs, steps): pass
+    def step_done(self): pass
+    def epoch_end(self, record): pass
+    def finish(self, summary): pass
+
+
+def test_a_run_resumed_on_another_cpu_says_so_and_lists_both(monkeypatch, tmp_path):
+    from dpscope.train import resume
+    from loop_helpers import CrashAtEpoch
+
+    here = describe_device(torch.device("cpu"))
+    whole, resumed_here = whole_and_resumed(PRIVATE, tmp_path)
+    assert whole["devices"] == resumed_here["devices"] == [here]  # same CPU: one entry
+    with pytest.raises(KeyboardInterrupt):
+        train(make_run_config(**PRIVATE), run_dir=tmp_path / "moved", callbacks=[CrashAtEpoch(1)])
+    monkeypatch.setattr("dpscope.train.describe_device", lambda device: "cpu (Other CPU, x86_64)")
+    reporter = PlanReporter()
+    summary = resume(tmp_path / "moved", reporter=reporter)
+    assert summary["devices"] == [here, "cpu (Other CPU, x86_64)"]
+    assert summary["device"] == "cpu (Other CPU, x86_64)"
+    assert f"resumed; earlier epochs ran on {here}" in reporter.plan
+    assert "not repeat an uninterrupted one bit for bit" in reporter.plan
+    assert summary["epsilon"] == whole["epsilon"]

@@ -171,14 +171,16 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
     parts.lr_scheduler = parts.lr_schedule.scheduler(parts.optimizer)
     all_callbacks = [*parts.callbacks, *_builtin_callbacks(config), *callbacks]
     state = LoopState(model=model, optimizer=parts.optimizer, run_dir=folder.path, config=config)
-    seconds_before = 0.0
+    here = describe_device(device)
+    seconds_before, devices = 0.0, [here]
     if from_checkpoint:
-        seconds_before = _restore(folder, state, parts, all_callbacks)
+        seconds_before, earlier = _restore(folder, state, parts, all_callbacks)
+        devices = earlier if earlier[-1:] == [here] else [*earlier, here]
         folder.keep_metrics_before(state.epoch)
     else:
         folder.write_config(config)
 
-    plan = _describe(config, prepared, parts) + f"\ndevice: {describe_device(device)}"
+    plan = _describe(config, prepared, parts) + "\n" + _describe_devices(devices)
     if frozen:
         plan += "\n" + describe_frozen(model, frozen)
     reporter.start(config, folder.path, plan)
@@ -198,11 +200,12 @@ def _run(config: RunConfig, folder: RunFolder, from_checkpoint: bool,
         for callback in all_callbacks:
             callback.on_epoch_end(state, record)
         folder.append_metrics(record)
-        _checkpoint(folder, state, parts, all_callbacks, record["seconds"])
+        _checkpoint(folder, state, parts, all_callbacks, record["seconds"], devices)
         reporter.epoch_end(record)
 
     summary = _summary(config, prepared, model, parts, state,
                        seconds_before + time.perf_counter() - started, stopped_early, device)
+    summary["devices"] = devices
     for callback in all_callbacks:
         callback.on_train_end(state, summary)
     folder.write_summary(summary)
@@ -300,12 +303,22 @@ def _describe(config: RunConfig, prepared: PreparedData, parts: TrainingParts) -
     return text
 
 
+def _describe_devices(devices: list[str]) -> str:
+    """The plan's device line; a resume elsewhere says what that changes (and what it does not)."""
+    if len(devices) == 1:
+        return f"device: {devices[0]}"
+    return (f"device: {devices[-1]}, resumed; earlier epochs ran on {', then '.join(devices[:-1])}. "
+            "Another device rounds float sums differently, so the run will not repeat an "
+            "uninterrupted one bit for bit; its privacy is unchanged")
+
+
 def _checkpoint(folder: RunFolder, state: LoopState, parts: TrainingParts,
-                callbacks: Sequence[Callback], seconds: float) -> None:
+                callbacks: Sequence[Callback], seconds: float, devices: list[str]) -> None:
     folder.save_checkpoint({
         "epoch": state.epoch,
         "step": state.step,
         "seconds": seconds,
+        "devices": devices,  # every device the run has computed on, in order
         "model": state.model.state_dict(),
         "optimizer": parts.optimizer.state_dict(),
         "sampler": parts.sampler.state_dict(),
@@ -323,7 +336,9 @@ def _checkpoint(folder: RunFolder, state: LoopState, parts: TrainingParts,
 
 
 def _restore(folder: RunFolder, state: LoopState, parts: TrainingParts,
-             callbacks: Sequence[Callback]) -> float:
+             callbacks: Sequence[Callback]) -> tuple[float, list[str]]:
+    """Load the checkpoint into the run's parts; the seconds trained so far and the devices
+    they ran on (none known for checkpoints that predate the record)."""
     checkpoint = folder.load_checkpoint()
     state.epoch, state.step = checkpoint["epoch"], checkpoint["step"]
     state.model.load_state_dict(checkpoint["model"])
@@ -343,7 +358,7 @@ def _restore(folder: RunFolder, state: LoopState, parts: TrainingParts,
         parts.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
     for i, callback in enumerate(callbacks):
         callback.load_state_dict(checkpoint["callbacks"].get(f"{i}:{callback.name}", {}))
-    return float(checkpoint["seconds"])
+    return float(checkpoint["seconds"]), list(checkpoint.get("devices", []))
 
 
 def _peak_memory_mb(device: torch.device) -> float:
