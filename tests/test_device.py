@@ -15,7 +15,7 @@ from dpscope.class_clip import ClassClip
 from dpscope.config import make_run_config
 from dpscope.device import check_device_spec, describe_device, exact_float32, resolve_device
 from dpscope.errors import ConfigError
-from dpscope.train import train
+from dpscope.train import SilentReporter, train
 from loop_helpers import assert_train_refuses, whole_and_resumed
 
 CUDA = torch.cuda.is_available()
@@ -216,14 +216,10 @@ def test_the_cpu_is_described_by_its_model(monkeypatch, tmp_path):
     assert describe_device(torch.device("cpu")) == "cpu (AVX512, x86_64)"
 
 
-class PlanReporter:
+class PlanReporter(SilentReporter):
     """Keeps the plan a run prints when it starts."""
 
     def start(self, config, run_dir, description): self.plan = description
-    def epoch_start(self, epoch, epochs, steps): pass
-    def step_done(self): pass
-    def epoch_end(self, record): pass
-    def finish(self, summary): pass
 
 
 def test_a_run_resumed_on_another_cpu_says_so_and_lists_both(monkeypatch, tmp_path):
