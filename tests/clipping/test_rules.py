@@ -55,22 +55,50 @@ def conv_configs(draw):
     return conv, (c_in,) + (size,) * dims
 
 
+def channels_innermost(t: torch.Tensor) -> torch.Tensor:
+    """The same values with channels innermost in memory (channels-last, for any dimension)."""
+    return t.movedim(1, -1).contiguous().movedim(-1, 1)
+
+
 @pytest.mark.slow
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(batch=batch_sizes, config=conv_configs())
-def test_conv_every_option(batch, config):
+@given(batch=batch_sizes, config=conv_configs(), channels_last=st.booleans())
+def test_conv_every_option(batch, config, channels_last):
+    """Both input layouts: channels-last input gives kernel-major patches (rules/conv.py)."""
     torch.manual_seed(1)
     conv, in_shape = config
     x = torch.randn(batch, *in_shape)
+    if channels_last:
+        x = channels_innermost(x)
     check_layer(conv, x)
     if batch == 0:  # the engine never calls a rule on an empty batch
         return
     d = torch.randn_like(conv(x))
+    if channels_last:
+        d = channels_innermost(d)
     want = conv_rule.per_example_grads(conv, x, d)  # checked against naive just above
     for method in (conv_rule.batched_grads, conv_rule.crb_grads, conv_rule.fastest_grads):
         for name, g in method(conv, x, d).items():
             assert_close(name, g, want[name], method.__name__)
 
+
+
+@pytest.mark.parametrize("make_conv", [
+    lambda: nn.Conv1d(6, 4, 3, stride=2, dilation=2, groups=2),
+    lambda: nn.Conv2d(6, 4, (3, 2), stride=(2, 1), padding=1, groups=2),
+    lambda: nn.Conv2d(16, 8, 4, stride=2),  # the cnn's second convolution, smaller
+    lambda: nn.Conv3d(4, 2, 2, padding=1, dilation=(1, 2, 1)),
+])
+def test_conv_on_channels_last_input_forms_kernel_major_patches(make_conv):
+    torch.manual_seed(2)
+    conv = make_conv()
+    x = channels_innermost(torch.randn(3, conv.in_channels, *(7,) * (conv.weight.dim() - 2)))
+    assert conv_rule.patches(conv, x)[1]  # the kernel-major path is the one checked
+    check_layer(conv, x)
+    d = channels_innermost(torch.randn_like(conv(x)))
+    want = conv_rule.per_example_grads(conv, x.contiguous(), d.contiguous())
+    for name, g in conv_rule.per_example_grads(conv, x, d).items():
+        assert_close(name, g, want[name], "channels-last")
 
 @SETTINGS
 @given(batch=batch_sizes, tokens=st.integers(1, 4), vocab=st.integers(2, 6), padding=st.booleans())

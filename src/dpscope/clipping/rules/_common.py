@@ -35,12 +35,31 @@ def sequence_ghost_sq_norm(a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def in_memory_order(g: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None]:
+    """g (B, ...) with its dims after the batch permuted into memory order (a view), and the
+    permutation that undoes it (None: g is already contiguous, or no permutation makes it so).
+
+    Rules may hand back per-example gradients as permuted views of the layout they were formed
+    in (a channels-last convolution's are kernel-major); reducing them in memory order spares a
+    copy of B times the layer's size.
+    """
+    if g.is_contiguous():
+        return g, None
+    order = sorted(range(1, g.dim()), key=g.stride, reverse=True)
+    base = g.permute(0, *order)
+    if not base.is_contiguous():
+        return g, None
+    return base, tuple(sorted(range(g.dim() - 1), key=lambda k: order[k]))
+
+
 def flat_sq_norm(g: torch.Tensor) -> torch.Tensor:
     """(B, ...) -> (B,) squared L2 norm of each example's slice."""
-    flat = g.reshape(g.shape[0], -1)
-    return torch.linalg.vector_norm(flat, dim=1).square()
+    base, _ = in_memory_order(g)
+    return torch.linalg.vector_norm(base.reshape(base.shape[0], -1), dim=1).square()
 
 
 def weighted_example_sum(g: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """sum_i w_i g_i for g (B, *shape) and w (B,) -> (*shape), as one matrix-vector product."""
-    return torch.mv(g.reshape(g.shape[0], -1).t(), weights).reshape(g.shape[1:])
+    base, undo = in_memory_order(g)
+    total = torch.mv(base.reshape(base.shape[0], -1).t(), weights).reshape(base.shape[1:])
+    return total if undo is None else total.permute(undo).contiguous()
