@@ -82,7 +82,6 @@ def test_conv_every_option(batch, config, channels_last):
             assert_close(name, g, want[name], method.__name__)
 
 
-
 @pytest.mark.parametrize("make_conv", [
     lambda: nn.Conv1d(6, 4, 3, stride=2, dilation=2, groups=2),
     lambda: nn.Conv2d(6, 4, (3, 2), stride=(2, 1), padding=1, groups=2),
@@ -99,6 +98,7 @@ def test_conv_on_channels_last_input_forms_kernel_major_patches(make_conv):
     want = conv_rule.per_example_grads(conv, x.contiguous(), d.contiguous())
     for name, g in conv_rule.per_example_grads(conv, x, d).items():
         assert_close(name, g, want[name], "channels-last")
+
 
 @SETTINGS
 @given(batch=batch_sizes, tokens=st.integers(1, 4), vocab=st.integers(2, 6), padding=st.booleans())

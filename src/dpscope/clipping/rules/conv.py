@@ -69,7 +69,7 @@ def patches(layer: Conv, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
     kernel = [(k, dil * s) for k, dil, s in zip(layer.kernel_size, layer.dilation, spatial_st)]
     positions = [(o, stride * s) for o, stride, s in zip(out, layer.stride, spatial_st)]
     channels = [(per_group, st[1])]
-    kernel_major = per_group > 1 and st[1] == 1
+    kernel_major = per_group > 1 and _channels_last(x)
     patch = kernel + channels if kernel_major else channels + kernel
     dims = [(groups, per_group * st[1])] + (positions + patch if kernel_major else patch + positions)
     dims = [(size, stride) for size, stride in dims if size != 1]  # size-1 dims slow the copy down
@@ -190,8 +190,8 @@ def batched_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
 
 
 def fastest_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
-    """unfold + matmul for channels-last tensors, and where positions T < half the patch
-    length p; else `batched_grads`.
+    """`per_example_grads` (patches + matmul) for channels-last tensors, and where positions
+    T < half the patch length p; else `batched_grads`.
 
     Measured on CPU (CIFAR ResNet/WRN layers, NCHW): the grouped weight-gradient kernel is
     2-4x faster than unfolding at T = 256-1024, but 3x slower at T = 64 with p = 576, where the
