@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from dpscope.clipping.rules import _conv_patches as conv_patches
 from dpscope.clipping.rules import conv as conv_rule
 from dpscope.models.vit import ClassToken, PositionEmbedding
 from tests.clipping.oracle import assert_close, check_against_references
@@ -98,6 +99,28 @@ def test_conv_on_channels_last_input_forms_kernel_major_patches(make_conv):
     want = conv_rule.per_example_grads(conv, x.contiguous(), d.contiguous())
     for name, g in conv_rule.per_example_grads(conv, x, d).items():
         assert_close(name, g, want[name], "channels-last")
+
+
+@pytest.mark.parametrize("make_conv", [
+    lambda: nn.Conv2d(1, 4, 8, stride=2, padding=3),  # the cnn's one-channel stem
+    lambda: nn.Conv1d(3, 2, 4, stride=2, padding=1),
+    lambda: nn.Conv2d(4, 4, (2, 3), stride=(2, 1), padding=(1, 0), groups=2),
+    lambda: nn.Conv2d(2, 3, 3, stride=2, dilation=2, padding=2, padding_mode="reflect"),
+    lambda: nn.Conv3d(2, 2, (2, 2, 1), stride=(2, 1, 3), padding=1),
+])
+def test_strided_conv_reads_patches_by_stride_phase(make_conv):
+    """Strided kernels whose taps fall on the stride's phases form patches from the input split
+    by phase (rules/_conv_patches.py): the same patches as unfolding, and exact gradients."""
+    torch.manual_seed(5)
+    conv = make_conv()
+    assert conv_patches._phase_taps(conv) is not None
+    x = torch.randn(3, conv.in_channels, *(9,) * (conv.weight.dim() - 2))
+    check_layer(conv, x)
+    got, kernel_major = conv_rule.patches(conv, x)
+    assert not kernel_major
+    if isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and conv.groups == 1:
+        want = nn.functional.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+        assert torch.equal(got[:, 0], want.transpose(1, 2))
 
 
 @SETTINGS
