@@ -2,8 +2,8 @@
 mode), dilation, groups, with or without bias.
 
 A convolution is a linear layer applied at every output position t to the input patch x_t
-(im2col, formed in `_conv_patches`), so per example grad W_i = sum_t d_it x_it^T per group and the linear layer's
-ghost norm applies with positions t (Lee & Kifer 2021; Li et al. 2022). `crb_grads` gets the
+(im2col, formed in `_conv_patches`), so per example grad W_i = sum_t d_it x_it^T per group and
+the linear layer's ghost norm applies with positions t (Lee & Kifer 2021; Li et al. 2022). `crb_grads` gets the
 per-example kernel gradients as ONE grouped convolution one dimension higher (Rochette et al.
 2019): channels-in-group become a depth axis, groups = B*G, stride and dilation swap roles.
 `batched_grads` runs the layer's own weight-gradient kernel once with the batch folded into
