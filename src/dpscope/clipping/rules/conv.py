@@ -133,19 +133,26 @@ def batched_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     return grads
 
 
+STEM_CHANNELS = 4  # input channels up to which unfolding beats batched_grads (grey, RGB, RGBA)
+
+
 def fastest_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
-    """`per_example_grads` (patches + matmul) for channels-last tensors, and where positions
-    T < half the patch length p; else `batched_grads`.
+    """`per_example_grads` (patches + matmul) for channels-last tensors, for stems (at most
+    STEM_CHANNELS input channels) and where positions T < half the patch length p; else
+    `batched_grads`.
 
     Measured on CPU (CIFAR ResNet/WRN layers, NCHW): the grouped weight-gradient kernel is
     2-4x faster than unfolding at T = 256-1024, but 3x slower at T = 64 with p = 576, where the
-    unfold copy is small. Channels-last, folding the batch into the channels copies A and D to
-    NCHW first, while the kernel-major patches read A in order: unfolding measured 1.1-2.3x
-    faster on the cnn's and resnet20's layers at batch 428.
+    unfold copy is small. With 1-3 input channels it is slower at every T: 1.1-1.7x on 3x3 and
+    5x5 stems of 1 and 3 channels at 28-64 px, batch 64-428 (one thread, session 15). Depthwise
+    layers are no stems: there batched_grads was 1.5-4x faster (32-128 channels, batch 128).
+    Channels-last, folding the batch into the channels copies A and D to NCHW first, while the
+    kernel-major patches read A in order: unfolding measured 1.1-2.3x faster on the cnn's and
+    resnet20's layers at batch 428.
     """
     tokens = math.prod(d.shape[2:])
     patch = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
-    if channels_last(d) or 2 * tokens < patch:
+    if channels_last(d) or layer.in_channels <= STEM_CHANNELS or 2 * tokens < patch:
         return per_example_grads(layer, a, d)
     return batched_grads(layer, a, d)
 
