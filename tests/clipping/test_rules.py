@@ -93,7 +93,7 @@ def test_conv_on_channels_last_input_forms_kernel_major_patches(make_conv):
     torch.manual_seed(2)
     conv = make_conv()
     x = channels_innermost(torch.randn(3, conv.in_channels, *(7,) * (conv.weight.dim() - 2)))
-    assert conv_rule.patches(conv, x)[1]  # the kernel-major path is the one checked
+    assert conv_patches.patches(conv, x)[1]  # the kernel-major path is the one checked
     check_layer(conv, x)
     d = channels_innermost(torch.randn_like(conv(x)))
     want = conv_rule.per_example_grads(conv, x.contiguous(), d.contiguous())
@@ -116,7 +116,7 @@ def test_strided_conv_reads_patches_by_stride_phase(make_conv):
     assert conv_patches._phase_taps(conv) is not None
     x = torch.randn(3, conv.in_channels, *(9,) * (conv.weight.dim() - 2))
     check_layer(conv, x)
-    got, kernel_major = conv_rule.patches(conv, x)
+    got, kernel_major = conv_patches.patches(conv, x)
     assert not kernel_major
     if isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and conv.groups == 1:
         want = nn.functional.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)

@@ -16,16 +16,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from dpscope.clipping.memory import slice_bytes
 from dpscope.clipping.registry import Grads, LayerRule
 from dpscope.clipping.rules._common import MATERIALIZED_ENTRY_COST, sequence_ghost_sq_norm
 from dpscope.clipping.rules._conv_patches import Conv, channels_last, output_grads, padded, patches
-
-__all__ = ["RULE", "patches", "per_example_grads", "crb_grads", "batched_grads", "fastest_grads",
-           "ghost_sq_norms", "weighted_grad_sum", "costs"]
 
 
 def _as_weight(layer: Conv, grads: torch.Tensor, kernel_major: bool) -> torch.Tensor:
@@ -51,9 +47,9 @@ def _batch_slices(layer: Conv, d: torch.Tensor) -> list[slice]:
 
 def per_example_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     """Patches + one matmul per batch slice. Channel-major patches (p, T) multiply as X D into
-    (p, q) blocks, returned transposed: on the cnn's stem at batch 428 in 34-example slices that
-    took 2.5 ms against 6.1 for D^T X^T into (q, p) (one thread); kernel-major ones (T, p) as
-    D^T X, the faster order for them."""
+    (p, q) blocks, returned transposed: for the cnn's stem (q 16, T 196, p 64; 428 examples in
+    blocks of 34 or 64) that took 2.5 and 2.1 ms against 6.1 and 3.2 for D^T X^T into (q, p)
+    (one thread); kernel-major ones (T, p) as D^T X, the faster order for them."""
     grads_out = output_grads(layer, d)  # (B, G, T, q)
     batch, groups, _, q = grads_out.shape
     p = layer.weight[0].numel()
@@ -133,7 +129,7 @@ def batched_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     return grads
 
 
-STEM_CHANNELS = 4  # input channels up to which unfolding beats batched_grads (grey, RGB, RGBA)
+STEM_CHANNELS = 4  # input channels up to which fastest_grads unfolds (measured at 1 and 3; 4 for RGBA)
 
 
 def fastest_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
@@ -143,9 +139,10 @@ def fastest_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
 
     Measured on CPU (CIFAR ResNet/WRN layers, NCHW): the grouped weight-gradient kernel is
     2-4x faster than unfolding at T = 256-1024, but 3x slower at T = 64 with p = 576, where the
-    unfold copy is small. With 1-3 input channels it is slower at every T: 1.1-1.7x on 3x3 and
-    5x5 stems of 1 and 3 channels at 28-64 px, batch 64-428 (one thread, session 15). Depthwise
-    layers are no stems: there batched_grads was 1.5-4x faster (32-128 channels, batch 128).
+    unfold copy is small. On stems it is slower: 1.1-1.8x on 3x3 and 5x5 stems of 1 and 3
+    channels at 28-64 px, batch 64-428, a tie on a 7x7 stride-2 RGB stem at 64 px (one thread,
+    session 15). Depthwise layers are no stems: there batched_grads was 1.6-4.4x faster (32-128
+    channels, batch 128).
     Channels-last, folding the batch into the channels copies A and D to NCHW first, while the
     kernel-major patches read A in order: unfolding measured 1.1-2.3x faster on the cnn's and
     resnet20's layers at batch 428.
