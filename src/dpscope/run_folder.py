@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from dpscope import __version__
+from dpscope import __version__, native
 from dpscope.config import RunConfig
 from dpscope.errors import ConfigError
 from dpscope.io import append_jsonl_atomic, read_jsonl, torch_save_atomic, write_json_atomic, write_text_atomic
@@ -47,6 +47,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "native_kernels": native.describe(),  # they sum floats in another order than torch ops
     }
 
 

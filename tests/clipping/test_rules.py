@@ -127,13 +127,15 @@ def test_fastest_unfolds_stems_and_folds_depthwise_layers_into_groups(monkeypatc
     """fastest_grads' choice of method (both are checked exact above): unfolding for layers on
     few input channels, the grouped weight-gradient kernel for depthwise ones (rules/conv.py)."""
     calls = []
+    monkeypatch.setattr(conv_rule._conv_native, "per_example_grads", lambda *args: calls.append("native"))
     monkeypatch.setattr(conv_rule, "per_example_grads", lambda *args: calls.append("unfold"))
     monkeypatch.setattr(conv_rule, "batched_grads", lambda *args: calls.append("batched"))
     for layer in (nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1),
                   nn.Conv2d(16, 16, 3, padding=1, groups=16)):
         x = torch.randn(2, layer.in_channels, 12, 12)
         conv_rule.fastest_grads(layer, x, torch.randn_like(layer(x)))
-    assert calls == ["unfold", "unfold", "batched"]
+    # the C kernel first where it applies (None: not built here), then unfolding
+    assert calls == ["native", "unfold", "native", "unfold", "batched"]
 
 
 @SETTINGS

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 
+from dpscope import native
 from dpscope.class_clip import ClassClip, parse_class_clip
 from dpscope.config import INPUT_NORMALIZATIONS, RunConfig, make_run_config
 from dpscope.device import describe_device, machine_record, resolve_device
@@ -806,7 +807,7 @@ def environment(threads: int, jobs: int, device: str = "auto") -> dict[str, Any]
         "device": describe_device(resolve_device(device)),
         "threads_per_run": threads, "parallel_runs": jobs, "torch": torch.__version__,
         "opacus": opacus_version, "python": platform.python_version(), "code_version": code_version(),
-        "command": sys.argv,
+        "native_kernels": native.describe(), "command": sys.argv,
     }
 
 
@@ -820,7 +821,8 @@ def run_accuracy_benchmark(specs: Sequence[RunSpec], out_dir: Path, *, jobs: int
     threads = max((s.threads for s in specs), default=1)
     env = environment(threads, jobs, specs[0].device if specs else "auto")
     echo(f"torch {env['torch']}, opacus {env['opacus']}, {jobs} run(s) at a time x {threads} "
-         f"thread(s) on {env['device']}, {env['machine']['platform']}, load {os.getloadavg()}, code {env['code_version']}")
+         f"thread(s) on {env['device']}, {env['machine']['platform']}, load {os.getloadavg()}, code {env['code_version']}, "
+         f"{env['native_kernels']}")
     started = time.perf_counter()
     rows = run_grid(specs, out_dir, jobs=jobs, echo=echo)
     groups = aggregate(rows)

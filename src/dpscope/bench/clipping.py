@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
-from dpscope import clipping
+from dpscope import clipping, native
 from dpscope.bench import _opacus
 from dpscope.device import describe_device, machine_record, reset_peak_memory, resolve_device, synchronize
 from dpscope.device import peak_memory_mb as device_peak_mb
@@ -218,6 +218,7 @@ def run_clipping_benchmark(
         "device": describe_device(where),
         "machine": machine_record(),
         "torch": torch.__version__,
+        "native_kernels": native.describe(),
         "threads": threads,
         "clock": "process CPU time" if cpu_time else "wall time",
         "repeats": repeats,
@@ -228,7 +229,7 @@ def run_clipping_benchmark(
         "cases": [],
     }
     echo(f"torch {torch.__version__}, {record['device']}, {threads} threads, {platform.platform()}, "
-         f"load {os.getloadavg()}")
+         f"load {os.getloadavg()}, {record['native_kernels']}")
     for model_name, batch_size in cases:
         chosen = _variants_for(variants, batch_size, naive_max_batch)
         case = run_case(

@@ -1,0 +1,73 @@
+"""Per-example kernel gradients of 1-d and 2-d convolutions (groups 1) on the CPU by the C
+kernel in `dpscope.native` (see there for why); None wherever it does not apply, and the
+conv rule then uses torch ops.
+
+The kernel reads the padded input and the output gradient channels-last; for channels-last
+tensors (the cnn and resnets on the CPU) those are views, otherwise one copy of each. Its
+result is kernel-major, handed back as a permuted view in the weight's shape. With several
+torch threads the batch is split among as many Python threads (ctypes releases the GIL).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from dpscope import native
+from dpscope.clipping.rules._conv_patches import Conv, padded
+
+_FUNCTIONS = {torch.float32: "dpscope_conv2d_grads_f32", torch.float64: "dpscope_conv2d_grads_f64"}
+_MIN_EXAMPLES_PER_THREAD = 8
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool)
+
+
+def applies(layer: Conv, a: torch.Tensor) -> bool:
+    return (a.device.type == "cpu" and a.dtype in _FUNCTIONS and layer.groups == 1
+            and len(layer.kernel_size) <= 2 and native.library() is not None)
+
+
+def per_example_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor | None:
+    """(B, *layer.weight.shape) per-example kernel gradients, or None (see module docstring)."""
+    if not applies(layer, a):
+        return None
+    x = padded(layer, a)
+    kernel, stride, dilation = layer.kernel_size, layer.stride, layer.dilation
+    if len(kernel) == 1:  # a 1-d convolution is a 2-d one of height 1
+        x, d = x.unsqueeze(2), d.unsqueeze(2)
+        kernel, stride, dilation = (1, *kernel), (1, *stride), (1, *dilation)
+    x = x.permute(0, 2, 3, 1).contiguous()  # (B, Hp, Wp, C): a view when channels-last
+    d = d.permute(0, 2, 3, 1).contiguous().to(x.dtype)  # (B, OH, OW, O)
+    batch, height, width, channels = x.shape
+    _, out_h, out_w, out_channels = d.shape
+    for size, out, k, s, dil in zip((height, width), (out_h, out_w), kernel, stride, dilation):
+        if out > 0 and (out - 1) * s + (k - 1) * dil >= size:  # never let the kernel read out of bounds
+            raise ValueError(f"output size {out} does not fit input {size}, kernel {k}, stride {s}, dilation {dil}")
+    if channels != layer.in_channels or out_channels != layer.out_channels or d.shape[0] != batch:
+        raise ValueError(f"shapes {tuple(x.shape)} and {tuple(d.shape)} do not match {layer}")
+    grads = x.new_empty(batch, *kernel, channels, out_channels)
+    fn = getattr(native.library(), _FUNCTIONS[x.dtype])
+    shape = (height, width, channels, out_h, out_w, out_channels, *kernel, *stride, *dilation)
+
+    def run(sl: slice) -> None:
+        fn(x[sl].data_ptr(), d[sl].data_ptr(), grads[sl].data_ptr(), sl.stop - sl.start, *shape)
+
+    _in_threads(run, batch)
+    grads = grads.permute(0, 4, 3, 1, 2)  # (B, O, C, KH, KW)
+    return grads.squeeze(3) if len(layer.kernel_size) == 1 else grads
+
+
+def _in_threads(run, batch: int) -> None:
+    """run(slice) over the batch, in up to torch.get_num_threads() threads."""
+    global _pool
+    threads = max(1, min(torch.get_num_threads(), batch // _MIN_EXAMPLES_PER_THREAD))
+    bounds = [batch * k // threads for k in range(threads + 1)]
+    slices = [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+    if len(slices) <= 1:
+        for sl in slices:
+            run(sl)
+        return
+    if _pool is None or _pool[0] < len(slices):
+        _pool = (len(slices), ThreadPoolExecutor(max_workers=len(slices), thread_name_prefix="dpscope-native"))
+    for future in [_pool[1].submit(run, sl) for sl in slices]:
+        future.result()

@@ -1,0 +1,98 @@
+/* Per-example kernel gradients of a 2-d convolution (groups 1), for dpscope's clipping engine.
+
+   g[b, ky, kx, c, o] = sum_{oy, ox} x[b, oy*sh + ky*dh, ox*sw + kx*dw, c] * d[b, oy, ox, o]
+
+   x: (B, Hp, Wp, C), the padded input, channels innermost; d: (B, OH, OW, O), the output
+   gradient; g: (B, KH, KW, C, O). All contiguous. The caller checks that every index read is
+   in bounds. Each example's gradient is a (taps x O) block, formed a few taps at a time with
+   their accumulators held in registers while the positions stream by: no patch matrix is
+   written, the input rows are read where they lie. Vector types are GCC's (clang has them
+   too), so the compiler picks the instructions for the machine it runs on. */
+
+#include <string.h>
+
+#if defined(__AVX512F__)
+#define VF 16 /* floats per accumulator: one 512-bit register */
+#define VD 8
+#else
+#define VF 8 /* two 128-bit or one 256-bit register */
+#define VD 4
+#endif
+/* Tiles of N taps x VO output channels, starting at tap xs and channel o0: N accumulators,
+   each VO channels wide, held in registers while the positions stream by. */
+#define DEFINE_TILE(NAME, T, N)                                                                 \
+static void NAME##_tile##N(const T* restrict xs, const T* restrict db, T* restrict out, long OH, \
+                           long OW, long O, long rowstride, long sh, long sw, long C, long o0) { \
+    NAME##_vec acc[N];                                                                          \
+    for (int i = 0; i < N; ++i) acc[i] = (NAME##_vec){0};                                       \
+    for (long oy = 0; oy < OH; ++oy) {                                                          \
+        const T* xr = xs + oy * sh * rowstride;                                                 \
+        const T* dr = db + oy * OW * O + o0;                                                    \
+        for (long ox = 0; ox < OW; ++ox) {                                                      \
+            const T* xp = xr + ox * sw * C;                                                     \
+            NAME##_vec dv;                                                                      \
+            memcpy(&dv, dr + ox * O, sizeof dv);                                                \
+            for (int i = 0; i < N; ++i) acc[i] += xp[i] * dv;                                   \
+        }                                                                                       \
+    }                                                                                           \
+    for (int i = 0; i < N; ++i) memcpy(out + i * O + o0, &acc[i], sizeof acc[i]);               \
+}
+
+#define DEFINE(NAME, T, VO)                                                                     \
+typedef T NAME##_vec __attribute__((vector_size(VO * sizeof(T))));                             \
+DEFINE_TILE(NAME, T, 8) /* 8 accumulators hide the FMA latency */                               \
+DEFINE_TILE(NAME, T, 4)                                                                         \
+DEFINE_TILE(NAME, T, 2)                                                                         \
+DEFINE_TILE(NAME, T, 1)                                                                         \
+                                                                                                \
+/* channels [o0, O) of taps [0, taps), one at a time: what the vector tiles leave */            \
+static void NAME##_edge(const T* restrict xs, const T* restrict db, T* restrict out, long OH,  \
+                        long OW, long O, long rowstride, long sh, long sw, long C, long taps,  \
+                        long o0) {                                                              \
+    for (long i = 0; i < taps; ++i)                                                             \
+        for (long o = o0; o < O; ++o) {                                                         \
+            T acc = 0;                                                                          \
+            for (long oy = 0; oy < OH; ++oy)                                                    \
+                for (long ox = 0; ox < OW; ++ox)                                                \
+                    acc += xs[oy * sh * rowstride + ox * sw * C + i] * db[(oy * OW + ox) * O + o]; \
+            out[i * O + o] = acc;                                                               \
+        }                                                                                       \
+}                                                                                               \
+                                                                                                \
+void NAME(const T* restrict x, const T* restrict d, T* restrict g, long B, long Hp, long Wp,   \
+          long C, long OH, long OW, long O, long KH, long KW, long sh, long sw, long dh,        \
+          long dw) {                                                                            \
+    const long rowstride = Wp * C, taps = KH * KW * C;                                          \
+    /* with dilation 1 in width, the KW*C taps of a kernel row are one contiguous run */        \
+    const long run = dw == 1 ? KW * C : C, runs = dw == 1 ? 1 : KW;                             \
+    const long o_vec = O - O % VO;                                                              \
+    for (long b = 0; b < B; ++b) {                                                              \
+        const T* xb = x + b * Hp * rowstride;                                                   \
+        const T* db = d + b * OH * OW * O;                                                      \
+        T* gb = g + b * taps * O;                                                               \
+        for (long ky = 0; ky < KH; ++ky)                                                        \
+            for (long r = 0; r < runs; ++r) {                                                   \
+                const T* xs = xb + ky * dh * rowstride + r * dw * C;                            \
+                T* out = gb + (ky * KW + r) * C * O;                                            \
+                for (long o0 = 0; o0 < o_vec; o0 += VO) {                                       \
+                    long j = 0;                                                                 \
+                    for (; j + 8 <= run; j += 8)                                                \
+                        NAME##_tile8(xs + j, db, out + j * O, OH, OW, O, rowstride, sh, sw, C, o0); \
+                    if (j + 4 <= run) {                                                         \
+                        NAME##_tile4(xs + j, db, out + j * O, OH, OW, O, rowstride, sh, sw, C, o0); \
+                        j += 4;                                                                 \
+                    }                                                                           \
+                    if (j + 2 <= run) {                                                         \
+                        NAME##_tile2(xs + j, db, out + j * O, OH, OW, O, rowstride, sh, sw, C, o0); \
+                        j += 2;                                                                 \
+                    }                                                                           \
+                    if (j < run)                                                                \
+                        NAME##_tile1(xs + j, db, out + j * O, OH, OW, O, rowstride, sh, sw, C, o0); \
+                }                                                                               \
+                NAME##_edge(xs, db, out, OH, OW, O, rowstride, sh, sw, C, run, o_vec);          \
+            }                                                                                   \
+    }                                                                                           \
+}
+
+DEFINE(dpscope_conv2d_grads_f32, float, VF)
+DEFINE(dpscope_conv2d_grads_f64, double, VD)
