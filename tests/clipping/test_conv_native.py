@@ -14,12 +14,17 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from dpscope import native
+from dpscope import clipping, native
 from dpscope.clipping.rules import _conv_native
 from dpscope.clipping.rules import conv as conv_rule
 from tests.clipping.conftest import TEST_DEVICE
-from tests.clipping.oracle import assert_close
+from dpscope.clipping.strategies.plans import LayerPlan
+from tests.clipping.oracle import assert_close, check_against_references
 from tests.clipping.test_rules import channels_innermost, check_layer
+
+def xent(out, y):
+    return nn.functional.cross_entropy(out, y, reduction="none")
+
 
 pytestmark = pytest.mark.skipif(TEST_DEVICE != "cpu", reason="the C kernel runs on the CPU only")
 needs_compiler = pytest.mark.skipif(native._compiler() is None, reason="no C compiler on this machine")
@@ -65,7 +70,10 @@ def test_native_grads_equal_torch_func(config, batch, channels_last):
         x, d = channels_innermost(x), channels_innermost(d)
     got = _conv_native.per_example_grads(conv, x, d)
     assert got is not None, native.unavailable_reason()
-    assert_close("weight", got, torch_func_grads(conv, x, d), f"native kernel, {conv}")
+    want = torch_func_grads(conv, x, d)
+    assert_close("weight", got, want, f"native kernel, {conv}")
+    norms = _conv_native.per_example_sq_norms(conv, x, d)  # formed the same way, never stored
+    assert_close("squared norms", norms, want.flatten(1).square().sum(1), f"native kernel, {conv}")
 
 
 @needs_compiler
@@ -87,13 +95,17 @@ def test_native_float32_and_threads(make_conv, size):
     try:
         torch.set_num_threads(1)
         one = _conv_native.per_example_grads(conv32, x.float(), d.float())
+        one_norms = _conv_native.per_example_sq_norms(conv32, x.float(), d.float())
         torch.set_num_threads(3)
         several = _conv_native.per_example_grads(conv32, x.float(), d.float())
+        several_norms = _conv_native.per_example_sq_norms(conv32, x.float(), d.float())
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one, several)
+    assert torch.equal(one, several) and torch.equal(one_norms, several_norms)
     scale = want.abs().max()
     assert ((one.double() - want).abs().max() / scale).item() < 1e-5
+    want_norms = want.flatten(1).square().sum(1)
+    assert ((one_norms.double() - want_norms).abs().max() / want_norms.max()).item() < 1e-5
 
 
 @needs_compiler
@@ -165,3 +177,24 @@ def test_native_is_built_once_into_the_cache(monkeypatch, fresh_native):
     native.reset()
     monkeypatch.setattr(native.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
     assert native.library() is not None
+
+
+@needs_compiler
+@pytest.mark.parametrize("max_extra_bytes, second_conv", [
+    (None, LayerPlan("fastest", "stored")),  # no budget: the kernel's materialised gradients
+    (0, LayerPlan("ghost", "contraction")),  # none stored: the kernel's norms, contracted sums
+])
+def test_auto_puts_the_cnn_second_convolution_on_the_kernel(max_extra_bytes, second_conv):
+    """The cnn's second convolution (25 positions): its Gram ghost norm costs about as much as
+    materialising, but the kernel forms both faster (rules/conv.py: NATIVE_SPEEDUP,
+    NATIVE_NORM_RATIO), and its norms need no memory. Exact either way."""
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(1, 16, 8, stride=2, padding=3), nn.Tanh(), nn.Conv2d(16, 32, 4, stride=2),
+                          nn.Flatten(), nn.Linear(32 * 6 * 6, 3))
+    x = channels_innermost(torch.randn(6, 1, 28, 28))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    engine = clipping.ClippingEngine(model, "auto", max_extra_bytes=max_extra_bytes)
+    engine.grad_norms(xent, x, y)
+    (plans,) = engine.layer_plans().values()
+    assert plans["2"] == second_conv, plans
+    check_against_references(model, xent, x, y, strategies=("auto",), max_extra_bytes=max_extra_bytes)

@@ -44,6 +44,9 @@ class LayerRule:
     costs: CostsFn | None = None
     crb_grads: GradsFn | None = None  # per-example grads by one grouped convolution (conv only)
     fastest_grads: GradsFn | None = None  # the fastest materialisation, if not per_example_grads
+    # True where fastest_grads needs no scratch beyond its result (conv: the C kernel): its
+    # per-example gradients may then be formed in larger slices (memory.STORED_SLICE_BYTES)
+    scratch_free: Callable[[nn.Module, torch.Tensor, torch.Tensor], bool] | None = None
     # Every axis between the batch axis and the feature axes is a position the rule sums over,
     # so the K rows of one example (augmentation multiplicity) can be handed over as an extra
     # position axis: A (B*K, ...) viewed as (B, K, ...). Others get per-row gradients summed.

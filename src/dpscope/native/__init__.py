@@ -82,7 +82,7 @@ def _build(compiler: str) -> tuple[Path, list[str]]:
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     for name in ("dpscope_conv2d_grads_f32", "dpscope_conv2d_grads_f64"):
         fn = getattr(lib, name)
-        fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 13
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 13
         fn.restype = None
     return lib
 

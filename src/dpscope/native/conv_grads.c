@@ -3,7 +3,8 @@
    g[b, ky, kx, c, o] = sum_{oy, ox} x[b, oy*sh + ky*dh, ox*sw + kx*dw, c] * d[b, oy, ox, o]
 
    x: (B, Hp, Wp, C), the padded input, channels innermost; d: (B, OH, OW, O), the output
-   gradient; g: (B, KH, KW, C, O). All contiguous. The caller checks that every index read is
+   gradient; g: (B, KH, KW, C, O), or with g NULL, sq: (B,) the squared norms of the per-example
+   gradients, which are then never stored. All contiguous. The caller checks that every index read is
    in bounds. Each example's gradient is a (taps x O) block, formed a few taps at a time with
    their accumulators held in registers while the positions stream by: no patch matrix is
    written, the input rows are read where they lie. Vector types are GCC's (clang has them
@@ -21,8 +22,9 @@
 /* Tiles of N taps x VO output channels, starting at tap xs and channel o0: N accumulators,
    each VO channels wide, held in registers while the positions stream by. */
 #define DEFINE_TILE(NAME, T, N)                                                                 \
-static void NAME##_tile##N(const T* restrict xs, const T* restrict db, T* restrict out, long OH, \
-                           long OW, long O, long rowstride, long sh, long sw, long C, long o0) { \
+static void NAME##_tile##N(const T* restrict xs, const T* restrict db, T* restrict out, T* sq,  \
+                           long OH, long OW, long O, long rowstride, long sh, long sw, long C,  \
+                           long o0) {                                                           \
     NAME##_vec acc[N];                                                                          \
     for (int i = 0; i < N; ++i) acc[i] = (NAME##_vec){0};                                       \
     for (long oy = 0; oy < OH; ++oy) {                                                          \
@@ -35,7 +37,12 @@ static void NAME##_tile##N(const T* restrict xs, const T* restrict db, T* restri
             for (int i = 0; i < N; ++i) acc[i] += xp[i] * dv;                                   \
         }                                                                                       \
     }                                                                                           \
-    for (int i = 0; i < N; ++i) memcpy(out + i * O + o0, &acc[i], sizeof acc[i]);               \
+    if (sq) { /* the block's squared norm only: nothing is stored */                           \
+        NAME##_vec total = acc[0] * acc[0];                                                     \
+        for (int i = 1; i < N; ++i) total += acc[i] * acc[i];                                   \
+        for (int v = 0; v < (int)(sizeof total / sizeof(T)); ++v) *sq += total[v];              \
+    } else                                                                                      \
+        for (int i = 0; i < N; ++i) memcpy(out + i * O + o0, &acc[i], sizeof acc[i]);           \
 }
 
 #define DEFINE(NAME, T, VO)                                                                     \
@@ -46,22 +53,22 @@ DEFINE_TILE(NAME, T, 2)                                                         
 DEFINE_TILE(NAME, T, 1)                                                                         \
                                                                                                 \
 /* channels [o0, O) of taps [0, taps), one at a time: what the vector tiles leave */            \
-static void NAME##_edge(const T* restrict xs, const T* restrict db, T* restrict out, long OH,  \
-                        long OW, long O, long rowstride, long sh, long sw, long C, long taps,  \
-                        long o0) {                                                              \
+static void NAME##_edge(const T* restrict xs, const T* restrict db, T* restrict out, T* sq,    \
+                        long OH, long OW, long O, long rowstride, long sh, long sw, long C,    \
+                        long taps, long o0) {                                                   \
     for (long i = 0; i < taps; ++i)                                                             \
         for (long o = o0; o < O; ++o) {                                                         \
             T acc = 0;                                                                          \
             for (long oy = 0; oy < OH; ++oy)                                                    \
                 for (long ox = 0; ox < OW; ++ox)                                                \
                     acc += xs[oy * sh * rowstride + ox * sw * C + i] * db[(oy * OW + ox) * O + o]; \
-            out[i * O + o] = acc;                                                               \
+            if (sq) *sq += acc * acc; else out[i * O + o] = acc;                                \
         }                                                                                       \
 }                                                                                               \
                                                                                                 \
-void NAME(const T* restrict x, const T* restrict d, T* restrict g, long B, long Hp, long Wp,   \
-          long C, long OH, long OW, long O, long KH, long KW, long sh, long sw, long dh,        \
-          long dw) {                                                                            \
+void NAME(const T* restrict x, const T* restrict d, T* restrict g, T* restrict sq, long B,     \
+          long Hp, long Wp, long C, long OH, long OW, long O, long KH, long KW, long sh,        \
+          long sw, long dh, long dw) {                                                          \
     const long rowstride = Wp * C, taps = KH * KW * C;                                          \
     /* with dilation 1 in width, the KW*C taps of a kernel row are one contiguous run */        \
     const long run = dw == 1 ? KW * C : C, runs = dw == 1 ? 1 : KW;                             \
@@ -69,27 +76,29 @@ void NAME(const T* restrict x, const T* restrict d, T* restrict g, long B, long 
     for (long b = 0; b < B; ++b) {                                                              \
         const T* xb = x + b * Hp * rowstride;                                                   \
         const T* db = d + b * OH * OW * O;                                                      \
-        T* gb = g + b * taps * O;                                                               \
+        T* gb = g ? g + b * taps * O : 0;                                                       \
+        T* sqb = sq ? sq + b : 0;                                                               \
+        if (sqb) *sqb = 0;                                                                      \
         for (long ky = 0; ky < KH; ++ky)                                                        \
             for (long r = 0; r < runs; ++r) {                                                   \
                 const T* xs = xb + ky * dh * rowstride + r * dw * C;                            \
-                T* out = gb + (ky * KW + r) * C * O;                                            \
+                T* out = gb ? gb + (ky * KW + r) * C * O : 0;                                   \
                 for (long o0 = 0; o0 < o_vec; o0 += VO) {                                       \
                     long j = 0;                                                                 \
                     for (; j + 8 <= run; j += 8)                                                \
-                        NAME##_tile8(xs + j, db, out + j * O, OH, OW, O, rowstride, sh, sw, C, o0); \
+                        NAME##_tile8(xs + j, db, out ? out + j * O : 0, sqb, OH, OW, O, rowstride, sh, sw, C, o0); \
                     if (j + 4 <= run) {                                                         \
-                        NAME##_tile4(xs + j, db, out + j * O, OH, OW, O, rowstride, sh, sw, C, o0); \
+                        NAME##_tile4(xs + j, db, out ? out + j * O : 0, sqb, OH, OW, O, rowstride, sh, sw, C, o0); \
                         j += 4;                                                                 \
                     }                                                                           \
                     if (j + 2 <= run) {                                                         \
-                        NAME##_tile2(xs + j, db, out + j * O, OH, OW, O, rowstride, sh, sw, C, o0); \
+                        NAME##_tile2(xs + j, db, out ? out + j * O : 0, sqb, OH, OW, O, rowstride, sh, sw, C, o0); \
                         j += 2;                                                                 \
                     }                                                                           \
                     if (j < run)                                                                \
-                        NAME##_tile1(xs + j, db, out + j * O, OH, OW, O, rowstride, sh, sw, C, o0); \
+                        NAME##_tile1(xs + j, db, out ? out + j * O : 0, sqb, OH, OW, O, rowstride, sh, sw, C, o0); \
                 }                                                                               \
-                NAME##_edge(xs, db, out, OH, OW, O, rowstride, sh, sw, C, run, o_vec);          \
+                NAME##_edge(xs, db, out, sqb, OH, OW, O, rowstride, sh, sw, C, run, o_vec);          \
             }                                                                                   \
     }                                                                                           \
 }

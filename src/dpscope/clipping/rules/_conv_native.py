@@ -1,6 +1,6 @@
-"""Per-example kernel gradients of 1-d and 2-d convolutions (groups 1) on the CPU by the C
-kernel in `dpscope.native` (see there for why); None wherever it does not apply, and the
-conv rule then uses torch ops.
+"""Per-example kernel gradients of 1-d and 2-d convolutions (groups 1), or only their squared
+norms, on the CPU by the C kernel in `dpscope.native` (see there for why); None wherever it
+does not apply, and the conv rule then uses torch ops.
 
 The kernel reads the padded input and the output gradient channels-last; for channels-last
 tensors (the cnn and resnets on the CPU) those are views, otherwise one copy of each. Its
@@ -29,8 +29,16 @@ def applies(layer: Conv, a: torch.Tensor) -> bool:
 
 def per_example_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor | None:
     """(B, *layer.weight.shape) per-example kernel gradients, or None (see module docstring)."""
-    if not applies(layer, a):
-        return None
+    return _run(layer, a, d, norms_only=False) if applies(layer, a) else None
+
+
+def per_example_sq_norms(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor | None:
+    """(B,) squared norms of the per-example kernel gradients, which are formed block by block
+    in registers and never stored; None where the kernel does not apply."""
+    return _run(layer, a, d, norms_only=True) if applies(layer, a) else None
+
+
+def _run(layer: Conv, a: torch.Tensor, d: torch.Tensor, norms_only: bool) -> torch.Tensor:
     x = padded(layer, a)
     kernel, stride, dilation = layer.kernel_size, layer.stride, layer.dilation
     if len(kernel) == 1:  # a 1-d convolution is a 2-d one of height 1
@@ -45,14 +53,16 @@ def per_example_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> torch.Te
             raise ValueError(f"output size {out} does not fit input {size}, kernel {k}, stride {s}, dilation {dil}")
     if channels != layer.in_channels or out_channels != layer.out_channels or d.shape[0] != batch:
         raise ValueError(f"shapes {tuple(x.shape)} and {tuple(d.shape)} do not match {layer}")
-    grads = x.new_empty(batch, *kernel, channels, out_channels)
     fn = getattr(native.library(), _FUNCTIONS[x.dtype])
     shape = (height, width, channels, out_h, out_w, out_channels, *kernel, *stride, *dilation)
-
-    def run(sl: slice) -> None:
-        fn(x[sl].data_ptr(), d[sl].data_ptr(), grads[sl].data_ptr(), sl.stop - sl.start, *shape)
-
-    _in_threads(run, batch)
+    if norms_only:
+        sq = x.new_empty(batch)
+        _in_threads(lambda sl: fn(x[sl].data_ptr(), d[sl].data_ptr(), None, sq[sl].data_ptr(),
+                                  sl.stop - sl.start, *shape), batch)
+        return sq
+    grads = x.new_empty(batch, *kernel, channels, out_channels)
+    _in_threads(lambda sl: fn(x[sl].data_ptr(), d[sl].data_ptr(), grads[sl].data_ptr(), None,
+                              sl.stop - sl.start, *shape), batch)
     grads = grads.permute(0, 4, 3, 1, 2)  # (B, O, C, KH, KW)
     return grads.squeeze(3) if len(layer.kernel_size) == 1 else grads
 

@@ -90,7 +90,36 @@ def crb_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     return grads
 
 
+# The C kernel's norms cost T*p*q multiply-adds per example, Gram ghost norms T^2*(p+q), but the
+# kernel's run about this many times faster each: on 11 convolutions (1-256 channels, 1-1024
+# positions, batch 64-428; one thread, session 16) it was faster where its count was at most 4x
+# the Gram count (2.5x on the cnn's second convolution, 5.0 against 2.0 ms at batch 428), even
+# at 7x (128 channels, 16 positions), and 1.9x slower at 14x (256 channels, 16 positions).
+NATIVE_NORM_RATIO = 4
+
+
+def _norm_counts(layer: Conv, d: torch.Tensor) -> tuple[int, int]:
+    """Multiply-adds per example and group of (Gram ghost norm, the C kernel's norm)."""
+    tokens = math.prod(d.shape[2:])
+    p = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+    q = layer.out_channels // layer.groups
+    return tokens * tokens * (p + q), tokens * p * q
+
+
+def _native_norms(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> bool:
+    gram, kernel = _norm_counts(layer, d)
+    return kernel <= NATIVE_NORM_RATIO * gram and _conv_native.applies(layer, a)
+
+
 def ghost_sq_norms(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
+    """Per-example squared norms without storing per-example gradients: by the C kernel, which
+    forms them block by block in registers, where it is faster (NATIVE_NORM_RATIO); else from
+    Gram matrices of patches and output gradients."""
+    if _native_norms(layer, a, d):
+        norms = {"weight": _conv_native.per_example_sq_norms(layer, a, d)}
+        if layer.bias is not None:
+            norms["bias"] = _bias_grads(layer, d).square().sum(1)
+        return norms
     grads_out = output_grads(layer, d)  # (B, G, T, q)
     parts = []
     for sl in _batch_slices(layer, d):
@@ -134,6 +163,18 @@ def batched_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
 STEM_CHANNELS = 4  # input channels up to which fastest_grads unfolds (measured at 1 and 3; 4 for RGBA)
 
 
+def _unfolds(layer: Conv, d: torch.Tensor) -> bool:
+    """Where fastest_grads forms patches (or runs the C kernel) rather than batched_grads."""
+    tokens = math.prod(d.shape[2:])
+    patch = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+    return channels_last(d) or layer.in_channels <= STEM_CHANNELS or 2 * tokens < patch
+
+
+def by_native_kernel(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> bool:
+    """fastest_grads runs the C kernel: no patches, no scratch beyond the gradients."""
+    return _unfolds(layer, d) and _conv_native.applies(layer, a)
+
+
 def fastest_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     """`per_example_grads` (patches + matmul) for channels-last tensors, for stems (at most
     STEM_CHANNELS input channels) and where positions T < half the patch length p; else
@@ -153,9 +194,7 @@ def fastest_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     kernel-major patches read A in order: unfolding measured 1.1-2.3x faster on the cnn's and
     resnet20's layers at batch 428.
     """
-    tokens = math.prod(d.shape[2:])
-    patch = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
-    if not (channels_last(d) or layer.in_channels <= STEM_CHANNELS or 2 * tokens < patch):
+    if not _unfolds(layer, d):
         return batched_grads(layer, a, d)
     if (native := _conv_native.per_example_grads(layer, a, d)) is None:
         return per_example_grads(layer, a, d)
@@ -175,13 +214,28 @@ def weighted_grad_sum(layer: Conv, a: torch.Tensor, d: torch.Tensor, weights: Gr
     return sums
 
 
+# The C kernel's materialised path (kernel, norm, stored sum) is cheaper than the cost model's
+# figure for unfolding: on 10 convolutions with 9-64 positions, 16-256 channels, batch 64-428
+# (one thread, session 16) it ran 1.6-2.0x faster than modelled on 16-64 channels, but 0.4-0.6x
+# on 128-256 (its per-example blocks no longer fit the cache), where ghost norms win either
+# way. Dividing by this factor picks the faster path on 9 of the 10 (not on 16 channels at 9
+# positions: ghost 0.93 ms against 0.50) and moves the cnn's second convolution (25
+# positions) to the kernel: 3.9 ms against 7.5 for ghost norm + contraction at batch 428.
+NATIVE_SPEEDUP = 1.8
+
+
 def costs(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> tuple[float, float]:
     tokens = math.prod(d.shape[2:])
     p = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
     q = layer.out_channels // layer.groups
     contraction = tokens * p * q
-    ghost = tokens * tokens * (p + q) + contraction
-    return float(ghost * layer.groups), float((contraction + MATERIALIZED_ENTRY_COST * p * q) * layer.groups)
+    gram, kernel = _norm_counts(layer, d)
+    ghost = (kernel / NATIVE_NORM_RATIO if _native_norms(layer, a, d) else gram) + contraction
+    materialize = contraction + MATERIALIZED_ENTRY_COST * p * q
+    if by_native_kernel(layer, a, d):
+        materialize /= NATIVE_SPEEDUP
+    return float(ghost * layer.groups), float(materialize * layer.groups)
 
 
-RULE = LayerRule("conv", per_example_grads, ghost_sq_norms, weighted_grad_sum, costs, crb_grads, fastest_grads)
+RULE = LayerRule("conv", per_example_grads, ghost_sq_norms, weighted_grad_sum, costs, crb_grads, fastest_grads,
+                 scratch_free=by_native_kernel)

@@ -140,12 +140,15 @@ class _Pass:
     def _slice_grads(self, slot: LayerSlot, plan: LayerPlan, a: torch.Tensor, d: torch.Tensor) -> Iterator[tuple[slice, Grads]]:
         """(examples, their per-example grads) in slices within the device's slice bytes
         (`clipping.memory.slice_bytes`; whole-layer blocks, 12 MB for a ViT qkv at batch 64,
-        fit none of the holes the backward leaves in a CPU heap)."""
+        fit none of the holes the backward leaves in a CPU heap); larger for stored gradients
+        that a rule forms without scratch (`LayerRule.scratch_free`)."""
         rule = slot.rule
         fn = {"crb": rule.crb_grads, "fastest": rule.fastest_grads}.get(plan.norm) or rule.per_example_grads
         rows = self.rows if self.rows > 1 and not rule.rows_as_positions else 1  # rows per example in a, d
         per_example = slot.trainable_numel * a.element_size()
-        for sl in _slices(a.shape[0] // rows, slice_bytes(a.device) // max(1, per_example)):
+        scratch_free = (plan.norm == "fastest" and plan.total == "stored" and rule.scratch_free is not None
+                        and rule.scratch_free(slot.module, a, d))
+        for sl in _slices(a.shape[0] // rows, slice_bytes(a.device, scratch_free) // max(1, per_example)):
             grads = fn(slot.module, a[sl.start * rows : sl.stop * rows], d[sl.start * rows : sl.stop * rows])
             grads = {n: grads[n] for n in slot.param_names}  # rules may also return frozen ones
             if rows > 1:  # per-row (b*K, ...) -> per example
