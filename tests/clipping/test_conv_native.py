@@ -186,8 +186,8 @@ def test_native_is_built_once_into_the_cache(monkeypatch, fresh_native):
 ])
 def test_auto_puts_the_cnn_second_convolution_on_the_kernel(max_extra_bytes, second_conv):
     """The cnn's second convolution (25 positions): its Gram ghost norm costs about as much as
-    materialising, but the kernel forms both faster (rules/conv.py: NATIVE_SPEEDUP,
-    NATIVE_NORM_RATIO), and its norms need no memory. Exact either way."""
+    materialising, but the kernel forms both faster (rules/conv.py: NATIVE_SPEEDUP), and its
+    norms need no memory. Exact either way."""
     torch.manual_seed(8)
     model = nn.Sequential(nn.Conv2d(1, 16, 8, stride=2, padding=3), nn.Tanh(), nn.Conv2d(16, 32, 4, stride=2),
                           nn.Flatten(), nn.Linear(32 * 6 * 6, 3))

@@ -90,12 +90,16 @@ def crb_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     return grads
 
 
-# The C kernel's norms cost T*p*q multiply-adds per example, Gram ghost norms T^2*(p+q), but the
-# kernel's run about this many times faster each: on 11 convolutions (1-256 channels, 1-1024
-# positions, batch 64-428; one thread, session 16) it was faster where its count was at most 4x
-# the Gram count (2.5x on the cnn's second convolution, 5.0 against 2.0 ms at batch 428), even
-# at 7x (128 channels, 16 positions), and 1.9x slower at 14x (256 channels, 16 positions).
-NATIVE_NORM_RATIO = 4
+# The C kernel does T*p*q multiply-adds per example for a norm or a materialised gradient,
+# against T^2*(p+q) for a Gram ghost norm and T*p*q for unfolding, but at a better rate:
+# `costs` divides its counts by this factor. Measured on one thread (session 16): for the
+# materialised paths of 10 convolutions on small maps (9-64 positions, 16-256 channels, batch
+# 64-428) it then picks the faster path on 9 (not 16 channels at 9 positions: ghost 0.93 ms
+# against 0.50); for the norms of 13 convolutions (1-256 channels, 1-1024 positions, batch
+# 32-428) on 11, the two others near ties (64 channels at 16 positions: Gram 1.97 ms against
+# 1.76; 128 at 4: 4.47 against 3.69). WRN's 128-256-channel layers at 64 positions, whose
+# kernel count is 3.3-3.6x the Gram one, keep Gram norms, which took half the kernel's time.
+NATIVE_SPEEDUP = 1.8
 
 
 def _norm_counts(layer: Conv, d: torch.Tensor) -> tuple[int, int]:
@@ -108,13 +112,13 @@ def _norm_counts(layer: Conv, d: torch.Tensor) -> tuple[int, int]:
 
 def _native_norms(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> bool:
     gram, kernel = _norm_counts(layer, d)
-    return kernel <= NATIVE_NORM_RATIO * gram and _conv_native.applies(layer, a)
+    return kernel <= NATIVE_SPEEDUP * gram and _conv_native.applies(layer, a)
 
 
 def ghost_sq_norms(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     """Per-example squared norms without storing per-example gradients: by the C kernel, which
-    forms them block by block in registers, where it is faster (NATIVE_NORM_RATIO); else from
-    Gram matrices of patches and output gradients."""
+    forms them block by block in registers, where the cost model says it is faster
+    (NATIVE_SPEEDUP); else from Gram matrices of patches and output gradients."""
     if _native_norms(layer, a, d):
         norms = {"weight": _conv_native.per_example_sq_norms(layer, a, d)}
         if layer.bias is not None:
@@ -214,14 +218,6 @@ def weighted_grad_sum(layer: Conv, a: torch.Tensor, d: torch.Tensor, weights: Gr
     return sums
 
 
-# The C kernel's materialised path (kernel, norm, stored sum) is cheaper than the cost model's
-# figure for unfolding: on 10 convolutions with 9-64 positions, 16-256 channels, batch 64-428
-# (one thread, session 16) it ran 1.6-2.0x faster than modelled on 16-64 channels, but 0.4-0.6x
-# on 128-256 (its per-example blocks no longer fit the cache), where ghost norms win either
-# way. Dividing by this factor picks the faster path on 9 of the 10 (not on 16 channels at 9
-# positions: ghost 0.93 ms against 0.50) and moves the cnn's second convolution (25
-# positions) to the kernel: 3.9 ms against 7.5 for ghost norm + contraction at batch 428.
-NATIVE_SPEEDUP = 1.8
 
 
 def costs(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> tuple[float, float]:
@@ -230,7 +226,7 @@ def costs(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> tuple[float, float]:
     q = layer.out_channels // layer.groups
     contraction = tokens * p * q
     gram, kernel = _norm_counts(layer, d)
-    ghost = (kernel / NATIVE_NORM_RATIO if _native_norms(layer, a, d) else gram) + contraction
+    ghost = (kernel / NATIVE_SPEEDUP if _native_norms(layer, a, d) else gram) + contraction
     materialize = contraction + MATERIALIZED_ENTRY_COST * p * q
     if by_native_kernel(layer, a, d):
         materialize /= NATIVE_SPEEDUP

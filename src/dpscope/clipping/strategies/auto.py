@@ -16,7 +16,12 @@ def memory_plan(slot, a, d, materialized: LayerPlan) -> LayerPlan:
     """The plan for a layer the memory budget moves off materialisation: sums by contraction,
     norms by ghost, or from per-example grads formed a slice at a time and dropped (the
     materialised path without its stored sum, at most twice its cost: cheaper than the ghost
-    norm when positions are many, e.g. WRN convolutions at 16x16)."""
+    norm when positions are many, e.g. WRN convolutions at 16x16). Not where a rule
+    materialises without scratch (the convolution C kernel): its ghost norms come from the
+    same kernel without storing anything, or from Gram matrices where those are cheaper."""
+    rule = slot.rule
+    if rule.scratch_free is not None and materialized.norm == "fastest" and rule.scratch_free(slot.module, a, d):
+        return bookkeeping.GHOST_BOOKKEEPING
     if rule_costs := slot.rule.costs:
         ghost_cost, materialize_cost = rule_costs(slot.module, a, d)
         if materialized.total == "stored" and 2 * materialize_cost < ghost_cost:
