@@ -4,7 +4,7 @@ Why: on the CPU, materialising a convolution's per-example gradients with torch 
 im2col copy (prod(kernel) times the input, written to memory and read back) and a batch of
 small matrix products that run far below the core's speed. `conv_grads.c` forms each example's
 gradient in registers from the input rows where they lie: the cnn's stem at batch 428 took
-1.7 ms instead of 8.6 (one thread).
+1.9 ms instead of 8.5 (one thread).
 
 The library is built once per source, compiler and CPU (`-O3 -march=native`) into the cache
 (`$DPSCOPE_CACHE`, else `$XDG_CACHE_HOME/dpscope` or `~/.cache/dpscope`, under `native/`), by

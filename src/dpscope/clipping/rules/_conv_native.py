@@ -3,7 +3,7 @@ norms, on the CPU by the C kernel in `dpscope.native` (see there for why); None 
 does not apply, and the conv rule then uses torch ops.
 
 The kernel reads the padded input and the output gradient channels-last; for channels-last
-tensors (the cnn and resnets on the CPU) those are views, otherwise one copy of each. Its
+tensors (the cnn on the CPU) those are views, otherwise one copy of each. Its
 result is kernel-major, handed back as a permuted view in the weight's shape. With several
 torch threads the batch is split among as many Python threads (ctypes releases the GIL).
 """
