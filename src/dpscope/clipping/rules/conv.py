@@ -8,8 +8,9 @@ per-example kernel gradients as ONE grouped convolution one dimension higher (Ro
 2019): channels-in-group become a depth axis, groups = B*G, stride and dilation swap roles.
 `batched_grads` runs the layer's own weight-gradient kernel once with the batch folded into
 the groups (the fastest way to materialise when there are many positions). On the CPU a C
-kernel (`_conv_native`) forms the gradients without patches where it is faster still. The weighted sum
-runs the ordinary weight-gradient kernel on w_i-scaled output gradients.
+kernel (`_conv_native`) forms the gradients, or only their norms, without patches where it is
+faster still. The weighted sum runs the ordinary weight-gradient kernel on w_i-scaled output
+gradients.
 """
 
 from __future__ import annotations
@@ -216,8 +217,6 @@ def weighted_grad_sum(layer: Conv, a: torch.Tensor, d: torch.Tensor, weights: Gr
     if "bias" in weights and layer.bias is not None:
         sums["bias"] = weights["bias"] @ _bias_grads(layer, d)
     return sums
-
-
 
 
 def costs(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> tuple[float, float]:
