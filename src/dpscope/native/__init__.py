@@ -26,6 +26,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from dpscope.data import locate
+
 SOURCE = Path(__file__).with_name("conv_grads.c")
 FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second where -march=native is refused
 _lock = threading.Lock()
@@ -33,10 +35,9 @@ _state: dict[str, object] = {}
 
 
 def cache_dir() -> Path:
-    if explicit := os.environ.get("DPSCOPE_CACHE"):
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dpscope"
+    """`$DPSCOPE_CACHE`, else the download cache of the datasets (`dpscope.data.locate`)."""
+    explicit = os.environ.get("DPSCOPE_CACHE")
+    return Path(explicit) if explicit else locate.cache_dir()
 
 
 def _cpu_identity() -> str:
@@ -58,14 +59,16 @@ def _compiler() -> str | None:
 def _build(compiler: str) -> tuple[Path, list[str]]:
     """Compile SOURCE (cached): the library and its flags; raises RuntimeError with the
     compiler's complaint."""
-    source = SOURCE.read_bytes()
-    errors = []
+    source, machine = SOURCE.read_bytes(), [platform.machine().encode(), _cpu_identity().encode()]
+    targets = []
     for flags in FLAG_SETS:
-        key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(),
-                                         platform.machine().encode(), _cpu_identity().encode()]))
-        target = cache_dir() / "native" / key.hexdigest()[:16] / "conv_grads.so"
+        key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(), *machine]))
+        targets.append((cache_dir() / "native" / key.hexdigest()[:16] / "conv_grads.so", flags))
+    for target, flags in targets:  # a build from an earlier process, by any flag set
         if target.exists():
             return target, flags
+    errors = []
+    for target, flags in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)

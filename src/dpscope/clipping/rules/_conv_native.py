@@ -10,6 +10,7 @@ torch threads the batch is split among as many Python threads (ctypes releases t
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -19,7 +20,7 @@ from dpscope.clipping.rules._conv_patches import Conv, padded
 
 _FUNCTIONS = {torch.float32: "dpscope_conv2d_grads_f32", torch.float64: "dpscope_conv2d_grads_f64"}
 _MIN_EXAMPLES_PER_THREAD = 8
-_pool: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool)
+_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="dpscope-native")  # idle: no threads
 
 
 def applies(layer: Conv, a: torch.Tensor) -> bool:
@@ -69,7 +70,6 @@ def _run(layer: Conv, a: torch.Tensor, d: torch.Tensor, norms_only: bool) -> tor
 
 def _in_threads(run, batch: int) -> None:
     """run(slice) over the batch, in up to torch.get_num_threads() threads."""
-    global _pool
     threads = max(1, min(torch.get_num_threads(), batch // _MIN_EXAMPLES_PER_THREAD))
     bounds = [batch * k // threads for k in range(threads + 1)]
     slices = [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
@@ -77,7 +77,5 @@ def _in_threads(run, batch: int) -> None:
         for sl in slices:
             run(sl)
         return
-    if _pool is None or _pool[0] < len(slices):
-        _pool = (len(slices), ThreadPoolExecutor(max_workers=len(slices), thread_name_prefix="dpscope-native"))
-    for future in [_pool[1].submit(run, sl) for sl in slices]:
+    for future in [_pool.submit(run, sl) for sl in slices]:
         future.result()

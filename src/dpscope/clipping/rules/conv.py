@@ -40,6 +40,21 @@ def _bias_grads(layer: Conv, d: torch.Tensor) -> torch.Tensor:
     return d.sum(dim=tuple(range(2, d.dim())))  # (B, out), in any memory layout
 
 
+def _with_bias(layer: Conv, d: torch.Tensor, weight: torch.Tensor) -> Grads:
+    """Per-example grads of the layer: `weight`'s, and the bias's if it has one."""
+    grads = {"weight": weight}
+    if layer.bias is not None:
+        grads["bias"] = _bias_grads(layer, d)
+    return grads
+
+
+def _sizes(layer: Conv, d: torch.Tensor) -> tuple[int, int, int]:
+    """(positions T, patch length p, outputs q) per group: the layer as a linear one at T positions."""
+    tokens = math.prod(d.shape[2:])
+    p = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+    return tokens, p, layer.out_channels // layer.groups
+
+
 def _batch_slices(layer: Conv, d: torch.Tensor) -> list[slice]:
     """Batch slices whose unfolded patches (prod(kernel) times the input) stay within the
     device's slice bytes (`clipping.memory.slice_bytes`)."""
@@ -65,10 +80,7 @@ def per_example_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
             torch.matmul(grads_out[sl].transpose(-1, -2), x, out=weight[sl])
         else:
             torch.matmul(x.transpose(-1, -2), grads_out[sl], out=weight[sl])
-    grads = {"weight": _as_weight(layer, weight if kernel_major else weight.transpose(-1, -2), kernel_major)}
-    if layer.bias is not None:
-        grads["bias"] = _bias_grads(layer, d)
-    return grads
+    return _with_bias(layer, d, _as_weight(layer, weight if kernel_major else weight.transpose(-1, -2), kernel_major))
 
 
 def crb_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
@@ -85,29 +97,26 @@ def crb_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     out = conv(inputs, kernel, groups=batch * groups, stride=(1, *layer.dilation), dilation=(1, *layer.stride))
     for axis, k in enumerate(layer.kernel_size):
         out = out.narrow(3 + axis, 0, k)  # (1, B*out, C/G, k...)
-    grads = {"weight": out.reshape(batch, *layer.weight.shape)}
-    if layer.bias is not None:
-        grads["bias"] = _bias_grads(layer, d)
-    return grads
+    return _with_bias(layer, d, out.reshape(batch, *layer.weight.shape))
 
 
 # The C kernel does T*p*q multiply-adds per example for a norm or a materialised gradient,
 # against T^2*(p+q) for a Gram ghost norm and T*p*q for unfolding, but at a better rate:
-# `costs` divides its counts by this factor. Measured on one thread (session 16): for the
-# materialised paths of 10 convolutions on small maps (9-64 positions, 16-256 channels, batch
-# 64-428) it then picks the faster path on 9 (not 16 channels at 9 positions: ghost 0.93 ms
-# against 0.50); for the norms of 13 convolutions (1-256 channels, 1-1024 positions, batch
-# 32-428) on 11, the two others near ties (64 channels at 16 positions: Gram 1.97 ms against
-# 1.76; 128 at 4: 4.47 against 3.69). WRN's 128-256-channel layers at 64 positions, whose
-# kernel count is 3.3-3.6x the Gram one, keep Gram norms, which took half the kernel's time.
+# `costs` divides its counts by this factor. Measured on one thread (session 16), final code:
+# between the materialised path (kernel, norm, stored sum) and ghost norm + contraction it picks
+# the faster on 9 of 10 convolutions on small maps (9-64 positions, 16-256 channels, batch
+# 64-428); the miss is 16 channels at 9 positions (ghost 0.50 ms against 0.44), and 64 channels
+# at 36 positions is a tie (6.4 ms). Between kernel and Gram norms, before the kernel's wider
+# tiles (which made it 10-20 % faster from 32 output channels on), it picked the faster on 11
+# of 13 convolutions (1-256 channels, 1-1024 positions, batch 32-428), the two others near ties
+# (64 channels at 16 positions: Gram 1.97 ms against 1.76; 128 at 4: 4.47 against 3.69); WRN's
+# 128-256-channel layers at 64 positions keep Gram norms, which took half the kernel's time.
 NATIVE_SPEEDUP = 1.8
 
 
 def _norm_counts(layer: Conv, d: torch.Tensor) -> tuple[int, int]:
     """Multiply-adds per example and group of (Gram ghost norm, the C kernel's norm)."""
-    tokens = math.prod(d.shape[2:])
-    p = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
-    q = layer.out_channels // layer.groups
+    tokens, p, q = _sizes(layer, d)
     return tokens * tokens * (p + q), tokens * p * q
 
 
@@ -116,22 +125,22 @@ def _native_norms(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> bool:
     return kernel <= NATIVE_SPEEDUP * gram and _conv_native.applies(layer, a)
 
 
-def ghost_sq_norms(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
-    """Per-example squared norms without storing per-example gradients: by the C kernel, which
-    forms them block by block in registers, where the cost model says it is faster
-    (NATIVE_SPEEDUP); else from Gram matrices of patches and output gradients."""
-    if _native_norms(layer, a, d):
-        norms = {"weight": _conv_native.per_example_sq_norms(layer, a, d)}
-        if layer.bias is not None:
-            norms["bias"] = _bias_grads(layer, d).square().sum(1)
-        return norms
+def _gram_sq_norms(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     grads_out = output_grads(layer, d)  # (B, G, T, q)
     parts = []
     for sl in _batch_slices(layer, d):
         x, _ = patches(layer, a[sl])  # (b, G, T, p); the patch order leaves the norm unchanged
         parts.append(sequence_ghost_sq_norm(x.flatten(0, 1), grads_out[sl].flatten(0, 1)))
     per_group = torch.cat(parts) if parts else d.new_zeros(0)
-    norms = {"weight": per_group.view(a.shape[0], layer.groups).sum(1)}
+    return per_group.view(a.shape[0], layer.groups).sum(1)
+
+
+def ghost_sq_norms(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
+    """Per-example squared norms without storing per-example gradients: by the C kernel, which
+    forms them block by block in registers, where the cost model says it is faster
+    (NATIVE_SPEEDUP); else from Gram matrices of patches and output gradients."""
+    weight = _conv_native.per_example_sq_norms(layer, a, d) if _native_norms(layer, a, d) else _gram_sq_norms(layer, a, d)
+    norms = {"weight": weight}
     if layer.bias is not None:
         norms["bias"] = _bias_grads(layer, d).square().sum(1)
     return norms
@@ -159,10 +168,7 @@ def _weight_grad(layer: Conv, a: torch.Tensor, d: torch.Tensor, groups_per_group
 def batched_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     """Per-example kernel gradients from one weight-gradient call with the batch as groups:
     about as fast as the non-private weight gradient when there are many positions."""
-    grads = {"weight": _weight_grad(layer, a, d, a.shape[0]).view(a.shape[0], *layer.weight.shape)}
-    if layer.bias is not None:
-        grads["bias"] = _bias_grads(layer, d)
-    return grads
+    return _with_bias(layer, d, _weight_grad(layer, a, d, a.shape[0]).view(a.shape[0], *layer.weight.shape))
 
 
 STEM_CHANNELS = 4  # input channels up to which fastest_grads unfolds (measured at 1 and 3; 4 for RGBA)
@@ -170,8 +176,7 @@ STEM_CHANNELS = 4  # input channels up to which fastest_grads unfolds (measured 
 
 def _unfolds(layer: Conv, d: torch.Tensor) -> bool:
     """Where fastest_grads forms patches (or runs the C kernel) rather than batched_grads."""
-    tokens = math.prod(d.shape[2:])
-    patch = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+    tokens, patch, _ = _sizes(layer, d)
     return channels_last(d) or layer.in_channels <= STEM_CHANNELS or 2 * tokens < patch
 
 
@@ -185,9 +190,10 @@ def fastest_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     STEM_CHANNELS input channels) and where positions T < half the patch length p; else
     `batched_grads`. Where it would unfold, the C kernel (`_conv_native`, CPU, groups 1, 1-d
     and 2-d) goes first: at batch 428, one thread, 1.9 ms instead of 8.5 on the cnn's stem and
-    2.0 instead of 3.9 on its second convolution; on resnet20's channels-last layers at batch
-    128, 1.4-3.6x faster; on NCHW ones where the grouped kernel wins (16-32 channels at 16-32
-    px) it lost to it, so it is not tried there (session 16).
+    2.0 instead of 3.9 on its second convolution; on resnet20's 16-64-channel layer shapes in
+    channels-last order at batch 128, 1.4-3.1x faster (three runs); on NCHW ones where the
+    grouped kernel wins (16-32 channels at 16-32 px) it lost to it, so it is not tried there
+    (session 16).
 
     Measured on CPU (CIFAR ResNet/WRN layers, NCHW): the grouped weight-gradient kernel is
     2-4x faster than unfolding at T = 256-1024, but 3x slower at T = 64 with p = 576, where the
@@ -203,10 +209,7 @@ def fastest_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
         return batched_grads(layer, a, d)
     if (native := _conv_native.per_example_grads(layer, a, d)) is None:
         return per_example_grads(layer, a, d)
-    grads = {"weight": native}
-    if layer.bias is not None:
-        grads["bias"] = _bias_grads(layer, d)
-    return grads
+    return _with_bias(layer, d, native)
 
 
 def weighted_grad_sum(layer: Conv, a: torch.Tensor, d: torch.Tensor, weights: Grads) -> Grads:
@@ -220,12 +223,9 @@ def weighted_grad_sum(layer: Conv, a: torch.Tensor, d: torch.Tensor, weights: Gr
 
 
 def costs(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> tuple[float, float]:
-    tokens = math.prod(d.shape[2:])
-    p = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
-    q = layer.out_channels // layer.groups
-    contraction = tokens * p * q
-    gram, kernel = _norm_counts(layer, d)
-    ghost = (kernel / NATIVE_SPEEDUP if _native_norms(layer, a, d) else gram) + contraction
+    _, p, q = _sizes(layer, d)
+    gram, contraction = _norm_counts(layer, d)  # the kernel's count is the contraction's, T p q
+    ghost = (contraction / NATIVE_SPEEDUP if _native_norms(layer, a, d) else gram) + contraction
     materialize = contraction + MATERIALIZED_ENTRY_COST * p * q
     if by_native_kernel(layer, a, d):
         materialize /= NATIVE_SPEEDUP
