@@ -198,3 +198,86 @@ def test_auto_puts_the_cnn_second_convolution_on_the_kernel(max_extra_bytes, sec
     (plans,) = engine.layer_plans().values()
     assert plans["2"] == second_conv, plans
     check_against_references(model, xent, x, y, strategies=("auto",), max_extra_bytes=max_extra_bytes)
+
+
+@st.composite
+def rows_configs(draw):
+    """Stride-1 convolutions in NCHW for the rows kernel: output channels and taps that leave
+    edge tiles, dilation, every padding mode and "same" (uneven for even kernels)."""
+    dims = draw(st.integers(1, 2))
+    c_in, c_out = draw(st.integers(1, 7)), draw(st.integers(1, 9))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(dims))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(dims))
+    padding = draw(st.sampled_from(["same", "valid", "ints"]))
+    if padding == "ints":
+        padding = tuple(draw(st.integers(0, 2)) for _ in range(dims))
+    mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "circular"]))
+    conv = (nn.Conv1d, nn.Conv2d)[dims - 1](c_in, c_out, kernel, padding=padding, dilation=dilation,
+                                            bias=draw(st.booleans()), padding_mode=mode)
+    return conv, (c_in,) + tuple(draw(st.integers(7, 12)) for _ in range(dims))
+
+
+@needs_compiler
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(config=rows_configs(), batch=st.sampled_from([1, 3, 10]))
+def test_rows_kernel_equals_torch_func(config, batch):
+    """The NCHW rows kernel (native/conv_rows.c), taken for every size here (its size threshold
+    set to 0), against torch.func in float64: gradients and norms."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_conv_native, "ROWS_MIN_POSITIONS", 0)
+        _check_rows_kernel(*config, batch)
+
+
+def _check_rows_kernel(conv: nn.Module, in_shape: tuple[int, ...], batch: int) -> None:
+    torch.manual_seed(9)
+    x = torch.randn(batch, *in_shape)
+    d = torch.randn_like(conv(x))
+    assert _conv_native.by_rows(conv, x, d)
+    got = _conv_native.per_example_grads(conv, x, d)
+    assert got is not None, native.unavailable_reason()
+    want = torch_func_grads(conv, x, d)
+    assert_close("weight", got, want, f"rows kernel, {conv}")
+    norms = _conv_native.per_example_sq_norms(conv, x, d)
+    assert_close("squared norms", norms, want.flatten(1).square().sum(1), f"rows kernel, {conv}")
+
+
+@needs_compiler
+@pytest.mark.parametrize("make_conv, size", [
+    (lambda: nn.Conv2d(16, 16, 3, padding=1, bias=False), 28),  # resnet20's first stage on PneumoniaMNIST
+    (lambda: nn.Conv2d(1, 16, 3, padding=1, bias=False), 28),  # its stem
+    (lambda: nn.Conv2d(32, 32, 3, padding=1, bias=False), 14),  # its second stage
+])
+def test_rows_kernel_float32_threads_and_engine(make_conv, size):
+    """resnet20's stride-1 layers take the rows kernel; float32 close to float64, threads
+    bit-equal to one thread, and fastest_grads returns the same gradients."""
+    torch.manual_seed(10)
+    conv = make_conv()
+    x = torch.randn(24, conv.in_channels, size, size)
+    d = torch.randn_like(conv(x))
+    assert _conv_native.by_rows(conv, x, d) and conv_rule.by_native_kernel(conv, x, d)
+    want = torch_func_grads(conv, x, d)
+    conv32 = conv.float()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _conv_native.per_example_grads(conv32, x.float(), d.float())
+        torch.set_num_threads(3)
+        several = _conv_native.per_example_grads(conv32, x.float(), d.float())
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, several)
+    assert ((one.double() - want).abs().max() / want.abs().max()).item() < 1e-5
+    assert_close("weight", conv_rule.fastest_grads(conv, x, d)["weight"], want, "fastest_grads")
+
+
+@needs_compiler
+def test_rows_kernel_refuses_sizes_that_do_not_fit(monkeypatch):
+    monkeypatch.setattr(_conv_native, "ROWS_MIN_POSITIONS", 0)
+    conv = nn.Conv2d(2, 4, 3, padding=1)
+    x = torch.randn(2, 2, 6, 6)
+    with pytest.raises(ValueError, match="does not fit"):
+        _conv_native.per_example_grads(conv, x, torch.randn(2, 4, 5, 6))  # 6x6 padded by 1 gives 6x6
+    fn = native.library().dpscope_conv2d_rows_f64  # the kernel repeats the check itself
+    d = torch.randn(2, 4, 6, 6)
+    assert fn(x.data_ptr(), d.data_ptr(), None, x.new_empty(2).data_ptr(), 2, 2, 6, 6, 4, 6, 6, 3, 3, 1, 1, 9, 8, 1, 1) == -2

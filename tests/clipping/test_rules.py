@@ -10,6 +10,7 @@ from torch import nn
 
 from dpscope.clipping.rules import _conv_patches as conv_patches
 from dpscope.clipping.rules import conv as conv_rule
+from dpscope.clipping.rules import norms
 from dpscope.models.vit import ClassToken, PositionEmbedding
 from tests.clipping.oracle import assert_close, check_against_references
 
@@ -168,6 +169,46 @@ def test_norm_layers(batch, kind, affine):
     if not list(layer.parameters()):
         layer = nn.Sequential(layer, nn.Linear(x.shape[-1], 2))
     check_layer(layer, x)
+
+
+@st.composite
+def group_norm_configs(draw):
+    groups = draw(st.integers(1, 3))
+    spatial = tuple(draw(st.lists(st.integers(2, 4), max_size=3)))  # torch wants 2+ values a group
+    channels = groups * draw(st.integers(1 if spatial else 2, 3))
+    instance = draw(st.booleans()) and len(spatial) in (1, 2, 3)
+    if instance:  # InstanceNorm with its own statistics: a GroupNorm of one channel per group
+        layer = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)[len(spatial) - 1](channels, affine=True)
+    else:
+        layer = nn.GroupNorm(groups, channels)  # without affine it has nothing to clip
+    return layer, (channels, *spatial)
+
+
+@SETTINGS
+@given(batch=batch_sizes, config=group_norm_configs())
+def test_group_norm_fused_sums(batch, config):
+    """The fused GroupNorm path (one backward kernel over the batch seen as B*C channels) over
+    groups, 0-3 spatial axes and InstanceNorm."""
+    layer, shape = config
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    check_layer(layer, torch.randn(batch, *shape) * 3 + 1)
+
+
+def test_group_norm_channels_last_inputs():
+    """Channels-last input and output gradient give the contiguous result. (Compared with the
+    rule itself: torch 2.13's channels-last GroupNorm backward, which the references would run,
+    crashed inside this test suite.)"""
+    layer, a, d = nn.GroupNorm(2, 6), torch.randn(4, 6, 5, 3), torch.randn(4, 6, 5, 3)
+    want = norms.group_norm_grads(layer, a, d)
+    got = norms.group_norm_grads(layer, a.contiguous(memory_format=torch.channels_last),
+                                 d.contiguous(memory_format=torch.channels_last))
+    x_hat = torch.nn.functional.group_norm(a, 2, eps=layer.eps)
+    assert_close("weight", want["weight"], (d * x_hat).sum((2, 3)), "contiguous")
+    for name in ("weight", "bias"):
+        assert_close(name, got[name], want[name], "channels-last")
 
 
 @SETTINGS

@@ -181,19 +181,20 @@ def _unfolds(layer: Conv, d: torch.Tensor) -> bool:
 
 
 def by_native_kernel(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> bool:
-    """fastest_grads runs the C kernel: no patches, no scratch beyond the gradients."""
-    return _unfolds(layer, d) and _conv_native.applies(layer, a)
+    """fastest_grads runs a C kernel: no patches, no scratch beyond the gradients."""
+    return (_unfolds(layer, d) or _conv_native.by_rows(layer, a, d)) and _conv_native.applies(layer, a)
 
 
 def fastest_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     """`per_example_grads` (patches + matmul) for channels-last tensors, for stems (at most
     STEM_CHANNELS input channels) and where positions T < half the patch length p; else
-    `batched_grads`. Where it would unfold, the C kernel (`_conv_native`, CPU, groups 1, 1-d
-    and 2-d) goes first: at batch 428, one thread, 1.9 ms instead of 8.5 on the cnn's stem and
-    2.0 instead of 3.9 on its second convolution; on resnet20's 16-64-channel layer shapes in
-    channels-last order at batch 128, 1.4-3.1x faster (three runs); on NCHW ones where the
-    grouped kernel wins (16-32 channels at 16-32 px) it lost to it, so it is not tried there
-    (session 16).
+    `batched_grads`. The C kernels (`_conv_native`, CPU, groups 1, 1-d and 2-d) go first where
+    it would unfold, and on stride-1 NCHW layers of enough positions and at most 64 channels
+    (the rows kernel). Where it would unfold, at batch 428, one thread: 1.9 ms instead of 8.5 on
+    the cnn's stem and 2.0 instead of 3.9 on its second convolution; on resnet20's 16-64-channel
+    layer shapes in channels-last order at batch 128, 1.4-3.1x faster (session 16). The rows
+    kernel beat the grouped kernel on resnet20's 16-channel layers at 28 px (17.6 against 34.1
+    ms, batch 428) and tied it at 32 channels and 14 px (session 17; `_conv_native`).
 
     Measured on CPU (CIFAR ResNet/WRN layers, NCHW): the grouped weight-gradient kernel is
     2-4x faster than unfolding at T = 256-1024, but 3x slower at T = 64 with p = 576, where the
@@ -205,11 +206,11 @@ def fastest_grads(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> Grads:
     kernel-major patches read A in order: unfolding measured 1.1-2.3x faster on the cnn's and
     resnet20's layers at batch 428.
     """
-    if not _unfolds(layer, d):
-        return batched_grads(layer, a, d)
-    if (native := _conv_native.per_example_grads(layer, a, d)) is None:
-        return per_example_grads(layer, a, d)
-    return _with_bias(layer, d, native)
+    unfolds = _unfolds(layer, d)
+    if unfolds or _conv_native.by_rows(layer, a, d):
+        if (native := _conv_native.per_example_grads(layer, a, d)) is not None:
+            return _with_bias(layer, d, native)
+    return per_example_grads(layer, a, d) if unfolds else batched_grads(layer, a, d)
 
 
 def weighted_grad_sum(layer: Conv, a: torch.Tensor, d: torch.Tensor, weights: Grads) -> Grads:

@@ -4,6 +4,12 @@ Each normalises within one example, so with x_hat the normalised input the per-e
 gradients are: weight_i = sum over positions of d_i * x_hat_i, bias_i = sum of d_i (per
 channel or per normalised element). They are (B, C)-sized, so materialising them is already
 the cheap path; ghost norms and weighted sums are derived from them by the engine.
+
+GroupNorm (and InstanceNorm normalising by its own statistics, GroupNorm with one channel per
+group) gets both sums from one fused pass: torch's own GroupNorm backward, run on the batch
+viewed as a single example of B*C channels in B*G groups, returns its "summed over the batch"
+weight and bias gradients per (example, channel). Recomputing x_hat, multiplying and summing
+instead took 29 ms against 4.4 for a (428, 16, 28, 28) input, one CPU thread.
 """
 
 from __future__ import annotations
@@ -35,20 +41,42 @@ def layer_norm_grads(layer: nn.LayerNorm, a: torch.Tensor, d: torch.Tensor) -> G
     return _affine_grads(layer, x_hat, d, shape, tuple(range(1, a.dim() - len(shape))))
 
 
+def _grouped_affine_grads(layer: nn.Module, a: torch.Tensor, d: torch.Tensor, groups: int, eps: float) -> Grads:
+    """Per-example weight and bias gradients of a group normalisation over (B, C, *) inputs."""
+    batch, channels = a.shape[:2]
+    positions = a[0, 0].numel() if batch and channels else 0
+    if batch == 0 or positions == 0:  # nothing to normalise: the fused kernels want data
+        x_hat = F.group_norm(a, groups, None, None, eps)
+        return _affine_grads(layer, x_hat, d, (channels,), tuple(range(2, a.dim())))
+    a, d = a.contiguous(), d.contiguous().to(a.dtype)
+    _, mean, rstd = torch.ops.aten.native_group_norm(a, None, None, batch, channels, positions, groups, eps)
+    # the batch as one example of B*C channels in B*G groups: the weight and bias gradients
+    # "summed over the batch" are then one per (example, channel)
+    rows = (1, batch * channels, positions)
+    ones = a.new_ones(batch * channels)  # the scale: only the input gradient (not asked) reads it
+    _, weight, bias = torch.ops.aten.native_group_norm_backward(
+        d.view(rows), a.view(rows), mean.view(1, -1), rstd.view(1, -1), ones,
+        1, batch * channels, positions, batch * groups, [False, layer.weight is not None, layer.bias is not None])
+    grads = {}
+    if layer.weight is not None:
+        grads["weight"] = weight.view(batch, channels)
+    if layer.bias is not None:
+        grads["bias"] = bias.view(batch, channels)
+    return grads
+
+
 def group_norm_grads(layer: nn.GroupNorm, a: torch.Tensor, d: torch.Tensor) -> Grads:
-    x_hat = F.group_norm(a, layer.num_groups, None, None, layer.eps)
-    return _affine_grads(layer, x_hat, d, (layer.num_channels,), tuple(range(2, a.dim())))
+    return _grouped_affine_grads(layer, a, d, layer.num_groups, layer.eps)
 
 
 def instance_norm_grads(layer: nn.modules.instancenorm._InstanceNorm, a: torch.Tensor, d: torch.Tensor) -> Grads:
     spatial = tuple(range(2, a.dim()))
-    if layer.training or not layer.track_running_stats:
-        x_hat = F.instance_norm(a, None, None, None, None, True, 0.0, layer.eps)
-    else:
-        stats_shape = (1, -1) + (1,) * len(spatial)
-        mean = layer.running_mean.view(stats_shape)
-        var = layer.running_var.view(stats_shape)
-        x_hat = (a - mean) / torch.sqrt(var + layer.eps)
+    if layer.training or not layer.track_running_stats:  # its own statistics: one group per channel
+        return _grouped_affine_grads(layer, a, d, layer.num_features, layer.eps)
+    stats_shape = (1, -1) + (1,) * len(spatial)
+    mean = layer.running_mean.view(stats_shape)
+    var = layer.running_var.view(stats_shape)
+    x_hat = (a - mean) / torch.sqrt(var + layer.eps)
     return _affine_grads(layer, x_hat, d, (layer.num_features,), spatial)
 
 
