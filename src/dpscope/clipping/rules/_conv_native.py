@@ -13,9 +13,6 @@ is split among as many Python threads (ctypes releases the GIL).
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 
 from dpscope import native
@@ -32,8 +29,6 @@ _ROWS_FUNCTIONS = {torch.float32: "dpscope_conv2d_rows_f32", torch.float64: "dps
 # (35-47 against 28-40 ms) and 128-256 channels at 8-16 px (up to 1.3x slower).
 ROWS_MIN_POSITIONS = 160  # output rows x padded row length, per example
 ROWS_MAX_CHANNELS = 64
-_MIN_EXAMPLES_PER_THREAD = 8
-_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="dpscope-native")  # idle: no threads
 
 
 def applies(layer: Conv, a: torch.Tensor) -> bool:
@@ -84,11 +79,11 @@ def _run(layer: Conv, a: torch.Tensor, d: torch.Tensor, norms_only: bool) -> tor
     shape = (height, width, channels, out_h, out_w, out_channels, *kernel, *stride, *dilation)
     if norms_only:
         sq = x.new_empty(batch)
-        _in_threads(lambda sl: fn(x[sl].data_ptr(), d[sl].data_ptr(), None, sq[sl].data_ptr(),
+        native.in_threads(lambda sl: fn(x[sl].data_ptr(), d[sl].data_ptr(), None, sq[sl].data_ptr(),
                                   sl.stop - sl.start, *shape), batch)
         return sq
     grads = x.new_empty(batch, *kernel, channels, out_channels)
-    _in_threads(lambda sl: fn(x[sl].data_ptr(), d[sl].data_ptr(), grads[sl].data_ptr(), None,
+    native.in_threads(lambda sl: fn(x[sl].data_ptr(), d[sl].data_ptr(), grads[sl].data_ptr(), None,
                               sl.stop - sl.start, *shape), batch)
     grads = grads.permute(0, 4, 3, 1, 2)  # (B, O, C, KH, KW)
     return grads.squeeze(3) if len(layer.kernel_size) == 1 else grads
@@ -124,18 +119,5 @@ def _run_rows(layer: Conv, a: torch.Tensor, d: torch.Tensor, norms_only: bool) -
         if status != 0:
             raise MemoryError(f"the rows kernel could not run ({status}) on {layer}")
 
-    _in_threads(run, batch)
+    native.in_threads(run, batch)
     return sq if norms_only else grads
-
-
-def _in_threads(run, batch: int) -> None:
-    """run(slice) over the batch, in up to torch.get_num_threads() threads."""
-    threads = max(1, min(torch.get_num_threads(), batch // _MIN_EXAMPLES_PER_THREAD))
-    bounds = [batch * k // threads for k in range(threads + 1)]
-    slices = [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
-    if len(slices) <= 1:
-        for sl in slices:
-            run(sl)
-        return
-    for future in [_pool.submit(run, sl) for sl in slices]:
-        future.result()

@@ -6,10 +6,11 @@ channel or per normalised element). They are (B, C)-sized, so materialising them
 the cheap path; ghost norms and weighted sums are derived from them by the engine.
 
 GroupNorm (and InstanceNorm normalising by its own statistics, GroupNorm with one channel per
-group) gets both sums from one fused pass: torch's own GroupNorm backward, run on the batch
-viewed as a single example of B*C channels in B*G groups, returns its "summed over the batch"
-weight and bias gradients per (example, channel). Recomputing x_hat, multiplying and summing
-instead took 29 ms against 4.4 for a (428, 16, 28, 28) input, one CPU thread.
+group) gets both sums without forming x_hat: on the CPU from the C kernel in `_norm_native`
+(one pass over A and D), elsewhere from torch's own GroupNorm backward run on the batch viewed
+as a single example of B*C channels in B*G groups, whose "summed over the batch" weight and
+bias gradients are then per (example, channel). Recomputing x_hat, multiplying and summing took
+29 ms for a (428, 16, 28, 28) input, the fused backward 4.4 (one CPU thread).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dpscope.clipping.registry import Grads, LayerRule
+from dpscope.clipping.rules import _norm_native
 
 
 def _affine_grads(layer: nn.Module, x_hat: torch.Tensor, d: torch.Tensor, shape: tuple[int, ...], dims: tuple[int, ...]) -> Grads:
@@ -48,21 +50,33 @@ def _grouped_affine_grads(layer: nn.Module, a: torch.Tensor, d: torch.Tensor, gr
     if batch == 0 or positions == 0:  # nothing to normalise: the fused kernels want data
         x_hat = F.group_norm(a, groups, None, None, eps)
         return _affine_grads(layer, x_hat, d, (channels,), tuple(range(2, a.dim())))
+    wanted = (layer.weight is not None, layer.bias is not None)
+    if (native := _norm_native.group_norm_grads(a, d, groups, eps, *wanted)) is not None:
+        weight, bias = native
+    else:
+        weight, bias = _torch_group_norm_grads(a, d, groups, eps, *wanted)
+    grads = {}
+    if weight is not None:
+        grads["weight"] = weight
+    if bias is not None:
+        grads["bias"] = bias
+    return grads
+
+
+def _torch_group_norm_grads(a: torch.Tensor, d: torch.Tensor, groups: int, eps: float,
+                            weight: bool, bias: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    batch, channels = a.shape[:2]
+    positions = a[0, 0].numel()
     a, d = a.contiguous(), d.contiguous().to(a.dtype)
     _, mean, rstd = torch.ops.aten.native_group_norm(a, None, None, batch, channels, positions, groups, eps)
     # the batch as one example of B*C channels in B*G groups: the weight and bias gradients
     # "summed over the batch" are then one per (example, channel)
     rows = (1, batch * channels, positions)
     ones = a.new_ones(batch * channels)  # the scale: only the input gradient (not asked) reads it
-    _, weight, bias = torch.ops.aten.native_group_norm_backward(
+    _, sum_weight, sum_bias = torch.ops.aten.native_group_norm_backward(
         d.view(rows), a.view(rows), mean.view(1, -1), rstd.view(1, -1), ones,
-        1, batch * channels, positions, batch * groups, [False, layer.weight is not None, layer.bias is not None])
-    grads = {}
-    if layer.weight is not None:
-        grads["weight"] = weight.view(batch, channels)
-    if layer.bias is not None:
-        grads["bias"] = bias.view(batch, channels)
-    return grads
+        1, batch * channels, positions, batch * groups, [False, weight, bias])
+    return (sum_weight.view(batch, channels) if weight else None), (sum_bias.view(batch, channels) if bias else None)
 
 
 def group_norm_grads(layer: nn.GroupNorm, a: torch.Tensor, d: torch.Tensor) -> Grads:
