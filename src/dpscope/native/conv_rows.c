@@ -37,18 +37,21 @@
 /* the accumulators must be named registers, not an array in memory: unroll every loop over them */
 #if defined(__clang__)
 #define UNROLLED _Pragma("clang loop unroll(full)")
-#define SHUFFLE(v, mask) __builtin_shufflevector(v, v, mask) /* clang 14+: masks as vectors */
 #else
 #define UNROLLED _Pragma("GCC unroll 16")
-#define SHUFFLE(v, mask) __builtin_shuffle(v, mask)
+#endif
+#if defined(__GNUC__) && !defined(__clang__)
+#define ROWS_SHUFFLE2(NAME, a, b, mask) __builtin_shuffle(a, b, mask)
+#else /* portable: lane by lane */
+#define ROWS_SHUFFLE2(NAME, a, b, mask) NAME##_pick(a, b, mask)
 #endif
 
 /* A tile of M output channels by N taps (taps t0.. of offsets off[]), over nvec vectors of
-   positions; its sums go to out[i*taps + j], or their squares to *sq. */
+   positions; its sums go to out[i*taps + j], or their squares into the lanes of *sq. */
 #define DEFINE_ROWS_TILE(NAME, T, M, N, TILE)                                                       \
 static void NAME##_##TILE(const T* restrict D, long pv, const T* restrict X,                   \
                                  const long* restrict off, long nvec, T* restrict out,          \
-                                 long taps, T* sq) {                                            \
+                                 long taps, NAME##_vec* sq) {                                   \
     NAME##_vec acc[M][N];                                                                       \
     const T* xp[N];                                                                             \
     UNROLLED for (int i = 0; i < M; ++i)                                                        \
@@ -63,18 +66,43 @@ static void NAME##_##TILE(const T* restrict D, long pv, const T* restrict X,    
             UNROLLED for (int i = 0; i < M; ++i) acc[i][j] += dv[i] * xv;                       \
         }                                                                                       \
     }                                                                                           \
+    /* the sums across lanes, VL accumulators at a time (see NAME##_merge): red[m] lane k ends  \
+       as the sum of accumulator m*VL + reversed(k), zero past the tile's M*N */                \
+    enum { K0 = M * N, K1 = (K0 + 1) / 2, K2 = (K1 + 1) / 2, K3 = (K2 + 1) / 2, K4 = (K3 + 1) / 2 }; \
+    NAME##_vec red[K0];                                                                         \
     UNROLLED for (int i = 0; i < M; ++i)                                                        \
-        UNROLLED for (int j = 0; j < N; ++j) {                                                  \
-            T s = NAME##_sum(acc[i][j]);                                                        \
-            if (sq) *sq += s * s; else out[i * taps + j] = s;                                   \
+        UNROLLED for (int j = 0; j < N; ++j) red[i * N + j] = acc[i][j];                        \
+    ROWS_LEVEL(NAME, red, K0, K1, NAME##_VL / 2)                                                \
+    ROWS_LEVEL(NAME, red, K1, K2, NAME##_VL / 4)                                                \
+    ROWS_LEVEL(NAME, red, K2, K3, NAME##_VL / 8)                                                \
+    ROWS_LEVEL(NAME, red, K3, K4, NAME##_VL / 16)                                               \
+    enum { KF = NAME##_VL == 16 ? K4 : NAME##_VL == 8 ? K3 : NAME##_VL == 4 ? K2 : K1 };       \
+    if (sq) {                                                                                   \
+        NAME##_vec total = red[0] * red[0];                                                     \
+        UNROLLED for (int m = 1; m < KF; ++m) total += red[m] * red[m];                         \
+        *sq += total;                                                                           \
+        return;                                                                                 \
+    }                                                                                           \
+    UNROLLED for (int m = 0; m < KF; ++m)                                                       \
+        UNROLLED for (int k = 0; k < NAME##_VL; ++k) {                                          \
+            int index = m * NAME##_VL, bit = 1;                                                 \
+            UNROLLED for (int w = NAME##_VL / 2; w > 0; w /= 2, bit *= 2)                       \
+                if (k & w) index += bit;                                                        \
+            if (index < K0) out[index / N * taps + index % N] = red[m][k];                      \
         }                                                                                       \
 }
+
+/* One level of the lane sums: red[0..TO) from red[0..FROM) in pairs (the last with zeros) */
+#define ROWS_LEVEL(NAME, red, FROM, TO, W)                                                      \
+    if ((W) > 0)                                                                                \
+        UNROLLED for (int q = 0; q < (TO); ++q)                                                 \
+            red[q] = NAME##_merge(red[2 * q], 2 * q + 1 < (FROM) ? red[2 * q + 1] : (NAME##_vec){0}, (W));
 
 /* Every tap of a few output channels: tiles of NR taps, then the taps left one at a time */
 #define DEFINE_ROWS_SWEEP(NAME, T, TILE, EDGE, SWEEP)                                           \
 static void NAME##_##SWEEP(const T* restrict D, long pv, const T* restrict X,                  \
                            const long* restrict off, long nvec, T* restrict out, long taps,     \
-                           T* sq) {                                                             \
+                           NAME##_vec* sq) {                                                    \
     long t = 0;                                                                                 \
     for (; t + NR <= taps; t += NR) NAME##_##TILE(D, pv, X, off + t, nvec, out ? out + t : 0, taps, sq); \
     for (; t < taps; ++t) NAME##_##EDGE(D, pv, X, off + t, nvec, out ? out + t : 0, taps, sq);  \
@@ -84,13 +112,30 @@ static void NAME##_##SWEEP(const T* restrict D, long pv, const T* restrict X,   
 enum { NAME##_VL = VL };                                                                        \
 typedef T NAME##_vec __attribute__((vector_size(VL * sizeof(T))));                             \
 typedef LANE_INT NAME##_ivec __attribute__((vector_size(VL * sizeof(T))));                     \
-/* the sum of the lanes by butterflies in registers (lane k plus lane k ^ w); a sum written     \
-   to memory and read back lane by lane took as long as the multiply-adds it ends */            \
+static inline NAME##_vec NAME##_pick(NAME##_vec a, NAME##_vec b, NAME##_ivec mask) {            \
+    NAME##_vec r;                                                                               \
+    for (int k = 0; k < VL; ++k) r[k] = mask[k] < VL ? a[mask[k]] : b[mask[k] - VL];            \
+    return r;                                                                                   \
+}                                                                                               \
+/* Lane sums in registers: a sum written to memory and read back lane by lane took as long as  \
+   the multiply-adds it ends. merge(a, b, w): lane k holds a[k] + a[k ^ w] where bit w of k is  \
+   clear, b[k] + b[k ^ w] where it is set; log2(VL) levels of merges (w = VL/2, ..., 1) turn    \
+   VL accumulators into one vector of their sums, two shuffles and one add per merge. With      \
+   w = 0, merge(v, v, 0) returns the whole sum of v in lane 0 (butterflies). */                 \
+static inline NAME##_vec NAME##_merge(NAME##_vec a, NAME##_vec b, int w) {                      \
+    if (w == 0) {                                                                               \
+        UNROLLED for (int s = VL / 2; s > 0; s /= 2) a = NAME##_merge(a, a, s);                 \
+        return a;                                                                               \
+    }                                                                                           \
+    NAME##_ivec low, high;                                                                      \
+    UNROLLED for (int k = 0; k < VL; ++k) {                                                     \
+        low[k] = (k & w) ? VL + k : k;                                                          \
+        high[k] = (k & w) ? VL + (k ^ w) : (k ^ w);                                             \
+    }                                                                                           \
+    return ROWS_SHUFFLE2(NAME, a, b, low) + ROWS_SHUFFLE2(NAME, a, b, high);                    \
+}                                                                                               \
 static inline T NAME##_sum(NAME##_vec v) {                                                      \
-    NAME##_ivec iota;                                                                           \
-    UNROLLED for (int k = 0; k < VL; ++k) iota[k] = k;                                          \
-    UNROLLED for (int w = VL / 2; w > 0; w /= 2) v += SHUFFLE(v, iota ^ w);                     \
-    return v[0];                                                                                \
+    return NAME##_merge(v, v, 0)[0]; /* w = 0: every butterfly level */                        \
 }                                                                                               \
 DEFINE_ROWS_TILE(NAME, T, MR, NR, full) /* the edges: fewer channels or taps */                  \
 DEFINE_ROWS_TILE(NAME, T, MR, 1, column)                                                        \
@@ -134,13 +179,13 @@ int NAME(const T* restrict x, const T* restrict d, T* restrict g, T* restrict sq
             for (long y = 0; y < OH; ++y)                                                       \
                 memcpy(D + o * pv + y * Wp, db + (o * OH + y) * OW, OW * sizeof(T));            \
         T* gb = g ? g + b * O * taps : 0;                                                       \
-        T* sqb = sq ? sq + b : 0;                                                               \
-        if (sqb) *sqb = 0;                                                                      \
+        NAME##_vec lanes = {0}, *sqb = sq ? &lanes : 0; /* squared sums, lane by lane */       \
         long o = 0;                                                                             \
         for (; o + MR <= O; o += MR)                                                            \
             NAME##_block(D + o * pv, pv, X, off, nvec, gb ? gb + o * taps : 0, taps, sqb);      \
         for (; o < O; ++o)                                                                      \
             NAME##_single(D + o * pv, pv, X, off, nvec, gb ? gb + o * taps : 0, taps, sqb);     \
+        if (sq) sq[b] = NAME##_sum(lanes);                                                      \
     }                                                                                           \
     free(X); free(D); free(off);                                                                \
     return 0;                                                                                   \

@@ -22,11 +22,11 @@ _FUNCTIONS = {torch.float32: "dpscope_conv2d_grads_f32", torch.float64: "dpscope
 _ROWS_FUNCTIONS = {torch.float32: "dpscope_conv2d_rows_f32", torch.float64: "dpscope_conv2d_rows_f64"}
 # Where the rows kernel is used: each tap's sum ends in a sum across vector lanes, which small
 # maps do not amortise, and from 128 channels the channels-last kernel's wider tiles and Gram
-# norms win. Measured on one thread (session 17, batch 128-428, 3x3 stride 1, float32): against
-# the path taken without it, rows won for 16 channels from 8 px (16 at 28 px: 17.6 ms against
-# 34.1; 1 -> 16, resnet20's stem: 2.4 against 10.2) and 32 channels from 12 px (8.9 against
-# 17.0 at batch 256), tied 32 at 14-16 px and 64 at 14-32 px, lost 64 channels at 7-10 px
-# (35-47 against 28-40 ms) and 128-256 channels at 8-16 px (up to 1.3x slower).
+# norms mostly win. Measured on one thread (session 17, 3x3 stride 1, float32) against the path
+# taken without it: at batch 428, 16 channels at 28 px 14.0-15.0 ms against 34.1 and the 1 -> 16
+# stem 2.3 against 10.2; at batch 256, 16 channels won from 8 px, 32 from 12 px (8.4 against
+# 14.0), 64 tied at 10-12 px and won at 14 (50.9 against 57.5), lost at 6-8 px (26-32 against
+# 24-28); 128 channels lost at 6-12 px (up to 1.2x slower) and won at 14-20 px.
 ROWS_MIN_POSITIONS = 160  # output rows x padded row length, per example
 ROWS_MAX_CHANNELS = 64
 
