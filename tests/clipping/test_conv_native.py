@@ -202,18 +202,20 @@ def test_auto_puts_the_cnn_second_convolution_on_the_kernel(max_extra_bytes, sec
 
 @st.composite
 def rows_configs(draw):
-    """Stride-1 convolutions in NCHW for the rows kernel: output channels and taps that leave
-    edge tiles, dilation, every padding mode and "same" (uneven for even kernels)."""
+    """Convolutions in NCHW for the rows kernel: output channels and taps that leave edge tiles,
+    strides 1-3 (stride phases), dilation, every padding mode and "same" (uneven for even
+    kernels; stride 1 only, as torch allows)."""
     dims = draw(st.integers(1, 2))
     c_in, c_out = draw(st.integers(1, 7)), draw(st.integers(1, 9))
     kernel = tuple(draw(st.integers(1, 4)) for _ in range(dims))
     dilation = tuple(draw(st.integers(1, 2)) for _ in range(dims))
     padding = draw(st.sampled_from(["same", "valid", "ints"]))
+    stride = (1,) * dims if padding == "same" else tuple(draw(st.integers(1, 3)) for _ in range(dims))
     if padding == "ints":
         padding = tuple(draw(st.integers(0, 2)) for _ in range(dims))
     mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "circular"]))
-    conv = (nn.Conv1d, nn.Conv2d)[dims - 1](c_in, c_out, kernel, padding=padding, dilation=dilation,
-                                            bias=draw(st.booleans()), padding_mode=mode)
+    conv = (nn.Conv1d, nn.Conv2d)[dims - 1](c_in, c_out, kernel, stride=stride, padding=padding,
+                                            dilation=dilation, bias=draw(st.booleans()), padding_mode=mode)
     return conv, (c_in,) + tuple(draw(st.integers(7, 12)) for _ in range(dims))
 
 
@@ -247,9 +249,10 @@ def _check_rows_kernel(conv: nn.Module, in_shape: tuple[int, ...], batch: int) -
     (lambda: nn.Conv2d(16, 16, 3, padding=1, bias=False), 28),  # resnet20's first stage on PneumoniaMNIST
     (lambda: nn.Conv2d(1, 16, 3, padding=1, bias=False), 28),  # its stem
     (lambda: nn.Conv2d(32, 32, 3, padding=1, bias=False), 14),  # its second stage
+    (lambda: nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), 28),  # into the second stage
 ])
 def test_rows_kernel_float32_threads_and_engine(make_conv, size):
-    """resnet20's stride-1 layers take the rows kernel; float32 close to float64, threads
+    """resnet20's NCHW layers take the rows kernel; float32 close to float64, threads
     bit-equal to one thread, and fastest_grads returns the same gradients."""
     torch.manual_seed(10)
     conv = make_conv()
@@ -280,4 +283,9 @@ def test_rows_kernel_refuses_sizes_that_do_not_fit(monkeypatch):
         _conv_native.per_example_grads(conv, x, torch.randn(2, 4, 5, 6))  # 6x6 padded by 1 gives 6x6
     fn = native.library().dpscope_conv2d_rows_f64  # the kernel repeats the check itself
     d = torch.randn(2, 4, 6, 6)
-    assert fn(x.data_ptr(), d.data_ptr(), None, x.new_empty(2).data_ptr(), 2, 2, 6, 6, 4, 6, 6, 3, 3, 1, 1, 9, 8, 1, 1) == -2
+    sq = x.new_empty(2)  # kept alive while the kernel writes into it
+    args = (x.data_ptr(), d.data_ptr(), None, sq.data_ptr(), 2, 2, 6, 6, 4, 6, 6, 3, 3, 1, 1)
+    assert fn(*args, 9, 8, 1, 1, 1, 1) == -2
+    assert fn(*args, 8, 8, 1, 1, 2, 1) == -2  # stride 2 gives 3 rows, not 6
+    assert fn(*args, 8, 8, 1, 1, 1, 1) == 0
+    assert_close("squared norms", sq, torch_func_grads(conv, x, d).flatten(1).square().sum(1), "rows kernel")

@@ -98,7 +98,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         fn.restype = None
     for name in ("dpscope_conv2d_rows_f32", "dpscope_conv2d_rows_f64"):
         fn = getattr(lib, name)
-        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 15
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 17
         fn.restype = ctypes.c_int
     for name in ("dpscope_group_norm_grads_f32", "dpscope_group_norm_grads_f64"):
         fn = getattr(lib, name)

@@ -1,20 +1,22 @@
-/* Per-example kernel gradients of a stride-1 2-d convolution (groups 1) in the NCHW layout,
-   for dpscope's clipping engine: the layout of torch's own CPU convolutions, so nothing is
+/* Per-example kernel gradients of a 2-d convolution (groups 1) in the NCHW layout, for
+   dpscope's clipping engine: the layout of torch's own CPU convolutions, so nothing is
    transposed first.
 
-   g[b, o, c, ky, kx] = sum_{oy, ox} d[b, o, oy, ox] * xpad[b, c, oy + ky*dh, ox + kx*dw]
+   g[b, o, c, ky, kx] = sum_{oy, ox} d[b, o, oy, ox] * xpad[b, c, oy*sh + ky*dh, ox*sw + kx*dw]
 
    x: (B, C, H, W), placed at row pt, column pl of a zero (Hp, Wp) plane; d: (B, O, OH, OW)
-   with OH = Hp - dh*(KH-1), OW = Wp - dw*(KW-1); g: (B, O, C, KH, KW), or with g NULL, sq: (B,)
-   the squared norms of the per-example gradients, which are then never stored. All contiguous;
-   the caller checks the sizes.
+   with OH = (Hp - dh*(KH-1) - 1) / sh + 1, OW likewise; g: (B, O, C, KH, KW), or with g NULL,
+   sq: (B,) the squared norms of the per-example gradients, which are then never stored. All
+   contiguous; the caller checks the sizes (and the kernel again).
 
-   Each example is first copied into zero-padded planes whose rows are Wp long, the output
-   gradient's too (its last Wp - OW columns zero). Position p = oy*Wp + ox of the output then
-   reads the input at p + ky*dh*Wp + kx*dw for every tap, so one tap's sum over all positions
-   is a dot product of two contiguous runs, vectorised along positions. A tile of MR output
-   channels by NR taps keeps MR*NR accumulators in registers: each loaded vector feeds
-   several multiply-adds, as in a matrix-product kernel. */
+   Each example is first copied into zero-padded planes, one per channel and stride phase
+   (padded row sh*u + ry, column sw*v + rx -> plane (ry, rx), row u, column v; with stride 1 a
+   single plane), whose rows are Wq = ceil(Wp / sw) long; the output gradient's rows too (their
+   last Wq - OW columns zero). Position p = oy*Wq + ox of the output then reads tap (ky, kx) at
+   p + qy*Wq + qx of the plane of phase (ky*dh % sh, kx*dw % sw), qy = ky*dh / sh and
+   qx = kx*dw / sw: one tap's sum over all positions is a dot product of two contiguous runs,
+   vectorised along positions. A tile of MR output channels by NR taps keeps MR*NR accumulators
+   in registers: each loaded vector feeds several multiply-adds, as in a matrix-product kernel. */
 
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +47,14 @@
 #else /* portable: lane by lane */
 #define ROWS_SHUFFLE2(NAME, a, b, mask) NAME##_pick(a, b, mask)
 #endif
+
+/* Whether any of the K taps (dilation dil) falls on stride phase r: a 1x1 stride-2 layer reads
+   one phase of four, and the others need not be staged. */
+static inline int rows_phase_read(long K, long dil, long stride, long r) {
+    for (long k = 0; k < K; ++k)
+        if (k * dil % stride == r) return 1;
+    return 0;
+}
 
 /* A tile of M output channels by N taps (taps t0.. of offsets off[]), over nvec vectors of
    positions; its sums go to out[i*taps + j], or their squares into the lanes of *sq. */
@@ -148,36 +158,56 @@ DEFINE_ROWS_SWEEP(NAME, T, row, one, single) /* one output channel, every tap */
    not fit together (the caller's check, repeated: nothing out of bounds is ever read) */      \
 int NAME(const T* restrict x, const T* restrict d, T* restrict g, T* restrict sq, long B,      \
          long C, long H, long W, long O, long OH, long OW, long KH, long KW, long pt, long pl,  \
-         long Hp, long Wp, long dh, long dw) {                                                  \
-    const long taps = C * KH * KW, positions = OH * Wp;                                         \
-    const long nvec = (positions + VL - 1) / VL, pv = nvec * VL;                                \
-    const long span = (KH - 1) * dh * Wp + (KW - 1) * dw;                                       \
-    const long cs = pv + span; /* >= Hp * Wp: every tap's run stays inside its channel */       \
-    if (OH != Hp - (KH - 1) * dh || OW != Wp - (KW - 1) * dw || pt < 0 || pl < 0 ||           \
-        pt + H > Hp || pl + W > Wp || OH < 1 || OW < 1)                                        \
+         long Hp, long Wp, long dh, long dw, long sh, long sw) {                                \
+    if (sh < 1 || sw < 1 || dh < 1 || dw < 1 || pt < 0 || pl < 0 || pt + H > Hp || pl + W > Wp \
+        || OH < 1 || OW < 1 || OH != (Hp - (KH - 1) * dh - 1) / sh + 1                         \
+        || OW != (Wp - (KW - 1) * dw - 1) / sw + 1)                                             \
         return -2;                                                                              \
-    T* X = aligned_alloc(64, ((C * cs * sizeof(T) + 63) / 64) * 64);                           \
+    const long Hq = (Hp + sh - 1) / sh, Wq = (Wp + sw - 1) / sw; /* a phase plane */           \
+    const long taps = C * KH * KW, positions = OH * Wq;                                         \
+    const long nvec = (positions + VL - 1) / VL, pv = nvec * VL;                                \
+    const long span = (KH - 1) * dh / sh * Wq + (KW - 1) * dw / sw;                             \
+    /* every tap's run of pv stays inside its plane */                                          \
+    const long cs = Hq * Wq > pv + span ? Hq * Wq : pv + span;                                  \
+    const long planes = C * sh * sw;                                                            \
+    T* X = aligned_alloc(64, ((planes * cs * sizeof(T) + 63) / 64) * 64);                      \
     T* D = aligned_alloc(64, ((O * pv * sizeof(T) + 63) / 64) * 64);                           \
     long* off = malloc(taps * sizeof(long));                                                    \
     if (!X || !D || !off) {                                                                     \
         free(X); free(D); free(off);                                                            \
         return -1;                                                                              \
     }                                                                                           \
-    memset(X, 0, C * cs * sizeof(T)); /* padding: only the interior is rewritten below */      \
+    memset(X, 0, planes * cs * sizeof(T)); /* padding: only the interior is rewritten below */ \
     memset(D, 0, O * pv * sizeof(T));                                                           \
     for (long c = 0; c < C; ++c)                                                                \
         for (long ky = 0; ky < KH; ++ky)                                                        \
-            for (long kx = 0; kx < KW; ++kx)                                                    \
-                off[(c * KH + ky) * KW + kx] = c * cs + ky * dh * Wp + kx * dw;                 \
+            for (long kx = 0; kx < KW; ++kx) {                                                  \
+                const long plane = (c * sh + ky * dh % sh) * sw + kx * dw % sw;                 \
+                off[(c * KH + ky) * KW + kx] = plane * cs + ky * dh / sh * Wq + kx * dw / sw;   \
+            }                                                                                   \
     for (long b = 0; b < B; ++b) {                                                              \
         const T* xb = x + b * C * H * W;                                                        \
         const T* db = d + b * O * OH * OW;                                                      \
         for (long c = 0; c < C; ++c)                                                            \
-            for (long y = 0; y < H; ++y)                                                        \
-                memcpy(X + c * cs + (y + pt) * Wp + pl, xb + (c * H + y) * W, W * sizeof(T));  \
+            for (long y = 0; y < H; ++y) {                                                      \
+                const long row = y + pt;                                                        \
+                if (!rows_phase_read(KH, dh, sh, row % sh)) continue; /* no tap reads it */    \
+                T* dst = X + (c * sh + row % sh) * sw * cs + row / sh * Wq;                     \
+                const T* src = xb + (c * H + y) * W;                                            \
+                if (sw == 1)                                                                    \
+                    memcpy(dst + pl, src, W * sizeof(T));                                       \
+                else /* one stride phase at a time: no division per element */                 \
+                    for (long rx = 0; rx < sw; ++rx) {                                          \
+                        if (!rows_phase_read(KW, dw, sw, rx)) continue;                         \
+                        const long first = pl + (rx - pl % sw + sw) % sw; /* col % sw == rx */  \
+                        T* plane = dst + rx * cs + first / sw;                                  \
+                        for (long col = first, v = 0; col < pl + W; col += sw, ++v)             \
+                            plane[v] = src[col - pl];                                           \
+                    }                                                                           \
+            }                                                                                   \
         for (long o = 0; o < O; ++o)                                                            \
             for (long y = 0; y < OH; ++y)                                                       \
-                memcpy(D + o * pv + y * Wp, db + (o * OH + y) * OW, OW * sizeof(T));            \
+                memcpy(D + o * pv + y * Wq, db + (o * OH + y) * OW, OW * sizeof(T));            \
         T* gb = g ? g + b * O * taps : 0;                                                       \
         NAME##_vec lanes = {0}, *sqb = sq ? &lanes : 0; /* squared sums, lane by lane */       \
         long o = 0;                                                                             \

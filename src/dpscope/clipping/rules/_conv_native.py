@@ -2,10 +2,10 @@
 norms, on the CPU by the C kernels in `dpscope.native` (see there for why); None wherever they
 do not apply, and the conv rule then uses torch ops.
 
-Two kernels. `conv_rows.c` takes stride-1 layers in torch's own NCHW layout, zero padding
-included, and returns gradients in the weight's layout; it vectorises along output rows, so it
-needs rows of at least ROWS_MIN_POSITIONS padded positions per example. `conv_grads.c` takes
-any stride but reads the padded input and the output gradient channels-last: views for
+Two kernels, both for any stride, dilation and padding. `conv_rows.c` takes tensors in torch's
+own NCHW layout, zero padding included, and returns gradients in the weight's layout; it
+vectorises along output rows, so it needs at least ROWS_MIN_POSITIONS positions per example
+(see `by_rows`). `conv_grads.c` reads the padded input and the output gradient channels-last: views for
 channels-last tensors (the cnn on the CPU), otherwise one copy of each; its kernel-major result
 is handed back as a permuted view in the weight's shape. With several torch threads the batch
 is split among as many Python threads (ctypes releases the GIL).
@@ -48,14 +48,15 @@ def per_example_sq_norms(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> torch
 
 
 def by_rows(layer: Conv, a: torch.Tensor, d: torch.Tensor) -> bool:
-    """The rows kernel applies and is the faster kernel: groups 1, stride 1, neither tensor
-    channels-last, enough positions and at most ROWS_MAX_CHANNELS channels."""
-    if (layer.groups != 1 or any(s != 1 for s in layer.stride) or channels_last(a) or channels_last(d)
+    """The rows kernel applies and is the faster kernel: groups 1, neither tensor channels-last,
+    enough positions (output rows x row length of a stride phase) and at most ROWS_MAX_CHANNELS
+    channels."""
+    if (layer.groups != 1 or channels_last(a) or channels_last(d)
             or max(layer.in_channels, layer.out_channels) > ROWS_MAX_CHANNELS):
         return False
     height = 1 if d.dim() == 3 else d.shape[2]
-    width = d.shape[-1] + layer.dilation[-1] * (layer.kernel_size[-1] - 1)
-    return height * width >= ROWS_MIN_POSITIONS
+    padded_width = sum(pads(layer)[-1]) + a.shape[-1]
+    return height * -(-padded_width // layer.stride[-1]) >= ROWS_MIN_POSITIONS
 
 
 def _run(layer: Conv, a: torch.Tensor, d: torch.Tensor, norms_only: bool) -> torch.Tensor:
@@ -96,20 +97,22 @@ def _run_rows(layer: Conv, a: torch.Tensor, d: torch.Tensor, norms_only: bool) -
     d = d.contiguous().to(x.dtype)
     before = [p[0] for p in pads(layer)] if zeros else [0] * len(layer.kernel_size)
     after = [p[1] for p in pads(layer)] if zeros else [0] * len(layer.kernel_size)
-    kernel, dilation = layer.kernel_size, layer.dilation
+    kernel, dilation, stride = layer.kernel_size, layer.dilation, layer.stride
     if len(kernel) == 1:  # a 1-d convolution is a 2-d one of height 1
         x, d = x.unsqueeze(2), d.unsqueeze(2)
-        kernel, dilation, before, after = (1, *kernel), (1, *dilation), [0, *before], [0, *after]
+        kernel, dilation, stride = (1, *kernel), (1, *dilation), (1, *stride)
+        before, after = [0, *before], [0, *after]
     batch, channels, height, width = x.shape
     _, out_channels, out_h, out_w = d.shape
-    padded_h, padded_w = height + before[0] + after[0], width + before[1] + after[1]
-    if (out_h, out_w) != (padded_h - dilation[0] * (kernel[0] - 1), padded_w - dilation[1] * (kernel[1] - 1)):
+    padded_size = (height + before[0] + after[0], width + before[1] + after[1])
+    fits = [(size - dil * (k - 1) - 1) // s + 1 for size, dil, k, s in zip(padded_size, dilation, kernel, stride)]
+    if [out_h, out_w] != fits:
         raise ValueError(f"output size {(out_h, out_w)} does not fit input {(height, width)} of {layer}")
     if channels != layer.in_channels or out_channels != layer.out_channels or d.shape[0] != batch:
         raise ValueError(f"shapes {tuple(x.shape)} and {tuple(d.shape)} do not match {layer}")
     fn = getattr(native.library(), _ROWS_FUNCTIONS[x.dtype])
     shape = (channels, height, width, out_channels, out_h, out_w, *kernel, before[0], before[1],
-             padded_h, padded_w, *dilation)
+             *padded_size, *dilation, *stride)
     sq = x.new_empty(batch) if norms_only else None
     grads = None if norms_only else x.new_empty(batch, *layer.weight.shape)
 
