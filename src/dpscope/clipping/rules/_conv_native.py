@@ -81,11 +81,11 @@ def _run(layer: Conv, a: torch.Tensor, d: torch.Tensor, norms_only: bool) -> tor
     if norms_only:
         sq = x.new_empty(batch)
         native.in_threads(lambda sl: fn(x[sl].data_ptr(), d[sl].data_ptr(), None, sq[sl].data_ptr(),
-                                  sl.stop - sl.start, *shape), batch)
+                                        sl.stop - sl.start, *shape), batch)
         return sq
     grads = x.new_empty(batch, *kernel, channels, out_channels)
     native.in_threads(lambda sl: fn(x[sl].data_ptr(), d[sl].data_ptr(), grads[sl].data_ptr(), None,
-                              sl.stop - sl.start, *shape), batch)
+                                    sl.stop - sl.start, *shape), batch)
     grads = grads.permute(0, 4, 3, 1, 2)  # (B, O, C, KH, KW)
     return grads.squeeze(3) if len(layer.kernel_size) == 1 else grads
 
@@ -119,8 +119,10 @@ def _run_rows(layer: Conv, a: torch.Tensor, d: torch.Tensor, norms_only: bool) -
     def run(sl: slice) -> None:
         status = fn(x[sl].data_ptr(), d[sl].data_ptr(), None if grads is None else grads[sl].data_ptr(),
                     None if sq is None else sq[sl].data_ptr(), sl.stop - sl.start, *shape)
+        if status == -1:
+            raise MemoryError(f"the rows kernel could not allocate its staging planes for {layer}")
         if status != 0:
-            raise MemoryError(f"the rows kernel could not run ({status}) on {layer}")
+            raise ValueError(f"the rows kernel refused the sizes of {layer} (status {status})")
 
     native.in_threads(run, batch)
     return sq if norms_only else grads
