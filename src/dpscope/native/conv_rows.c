@@ -172,11 +172,21 @@ int NAME(const T* restrict x, const T* restrict d, T* restrict g, T* restrict sq
     const long planes = C * sh * sw;                                                            \
     T* X = aligned_alloc(64, ((planes * cs * sizeof(T) + 63) / 64) * 64);                      \
     T* D = aligned_alloc(64, ((O * pv * sizeof(T) + 63) / 64) * 64);                           \
-    long* off = malloc(taps * sizeof(long));                                                    \
+    /* off: each tap's start; row_at: where input row y lands in a channel's planes (-1: in a   \
+       stride phase no tap reads); col_first: the first padded column of each column phase     \
+       (-1: not read). Decided once per call, not per staged row. */                            \
+    long* off = malloc((taps + H + sw) * sizeof(long));                                         \
     if (!X || !D || !off) {                                                                     \
         free(X); free(D); free(off);                                                            \
         return -1;                                                                              \
     }                                                                                           \
+    long *row_at = off + taps, *col_first = row_at + H;                                         \
+    for (long y = 0; y < H; ++y) {                                                              \
+        const long row = y + pt;                                                                \
+        row_at[y] = rows_phase_read(KH, dh, sh, row % sh) ? row % sh * sw * cs + row / sh * Wq : -1; \
+    }                                                                                           \
+    for (long rx = 0; rx < sw; ++rx)                                                            \
+        col_first[rx] = rows_phase_read(KW, dw, sw, rx) ? pl + (rx - pl % sw + sw) % sw : -1;   \
     memset(X, 0, planes * cs * sizeof(T)); /* padding: only the interior is rewritten below */ \
     memset(D, 0, O * pv * sizeof(T));                                                           \
     for (long c = 0; c < C; ++c)                                                                \
@@ -190,19 +200,17 @@ int NAME(const T* restrict x, const T* restrict d, T* restrict g, T* restrict sq
         const T* db = d + b * O * OH * OW;                                                      \
         for (long c = 0; c < C; ++c)                                                            \
             for (long y = 0; y < H; ++y) {                                                      \
-                const long row = y + pt;                                                        \
-                if (!rows_phase_read(KH, dh, sh, row % sh)) continue; /* no tap reads it */    \
-                T* dst = X + (c * sh + row % sh) * sw * cs + row / sh * Wq;                     \
+                if (row_at[y] < 0) continue; /* no tap reads its stride phase */                \
+                T* dst = X + c * sh * sw * cs + row_at[y];                                      \
                 const T* src = xb + (c * H + y) * W;                                            \
                 if (sw == 1)                                                                    \
                     memcpy(dst + pl, src, W * sizeof(T));                                       \
                 else /* one stride phase at a time: no division per element */                 \
                     for (long rx = 0; rx < sw; ++rx) {                                          \
-                        if (!rows_phase_read(KW, dw, sw, rx)) continue;                         \
-                        const long first = pl + (rx - pl % sw + sw) % sw; /* col % sw == rx */  \
-                        T* plane = dst + rx * cs + first / sw;                                  \
-                        for (long col = first, v = 0; col < pl + W; col += sw, ++v)             \
-                            plane[v] = src[col - pl];                                           \
+                        if (col_first[rx] < 0) continue;                                        \
+                        T* plane = dst + rx * cs + col_first[rx] / sw;                          \
+                        for (long col = col_first[rx]; col < pl + W; col += sw)                 \
+                            *plane++ = src[col - pl];                                           \
                     }                                                                           \
             }                                                                                   \
         for (long o = 0; o < O; ++o)                                                            \

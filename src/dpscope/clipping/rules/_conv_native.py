@@ -26,7 +26,8 @@ _ROWS_FUNCTIONS = {torch.float32: "dpscope_conv2d_rows_f32", torch.float64: "dps
 # taken without it: at batch 428, 16 channels at 28 px 14.0-15.0 ms against 34.1 and the 1 -> 16
 # stem 2.3 against 10.2; at batch 256, 16 channels won from 8 px, 32 from 12 px (8.4 against
 # 14.0), 64 tied at 10-12 px and won at 14 (50.9 against 57.5), lost at 6-8 px (26-32 against
-# 24-28); 128 channels lost at 6-12 px (up to 1.2x slower) and won at 14-20 px.
+# 24-28); 128 channels lost at 6-12 px (up to 1.2x slower), won at 14 and 20 px (batch 256 and
+# 128) and lost at 16 px at batch 32 (20.8 against 19.8 ms).
 ROWS_MIN_POSITIONS = 160  # output rows x padded row length, per example
 ROWS_MAX_CHANNELS = 64
 
@@ -74,8 +75,7 @@ def _run(layer: Conv, a: torch.Tensor, d: torch.Tensor, norms_only: bool) -> tor
     for size, out, k, s, dil in zip((height, width), (out_h, out_w), kernel, stride, dilation):
         if out > 0 and (out - 1) * s + (k - 1) * dil >= size:  # never let the kernel read out of bounds
             raise ValueError(f"output size {out} does not fit input {size}, kernel {k}, stride {s}, dilation {dil}")
-    if channels != layer.in_channels or out_channels != layer.out_channels or d.shape[0] != batch:
-        raise ValueError(f"shapes {tuple(x.shape)} and {tuple(d.shape)} do not match {layer}")
+    _check_channels(layer, x.shape, d.shape, channel_axis=-1)
     fn = getattr(native.library(), _FUNCTIONS[x.dtype])
     shape = (height, width, channels, out_h, out_w, out_channels, *kernel, *stride, *dilation)
     if norms_only:
@@ -88,6 +88,13 @@ def _run(layer: Conv, a: torch.Tensor, d: torch.Tensor, norms_only: bool) -> tor
                                     sl.stop - sl.start, *shape), batch)
     grads = grads.permute(0, 4, 3, 1, 2)  # (B, O, C, KH, KW)
     return grads.squeeze(3) if len(layer.kernel_size) == 1 else grads
+
+
+def _check_channels(layer: Conv, x_shape: torch.Size, d_shape: torch.Size, channel_axis: int) -> None:
+    """The kernels index by these sizes: they must be the layer's, and one batch."""
+    if (x_shape[channel_axis] != layer.in_channels or d_shape[channel_axis] != layer.out_channels
+            or x_shape[0] != d_shape[0]):
+        raise ValueError(f"shapes {tuple(x_shape)} and {tuple(d_shape)} do not match {layer}")
 
 
 def _run_rows(layer: Conv, a: torch.Tensor, d: torch.Tensor, norms_only: bool) -> torch.Tensor:
@@ -108,8 +115,7 @@ def _run_rows(layer: Conv, a: torch.Tensor, d: torch.Tensor, norms_only: bool) -
     fits = [(size - dil * (k - 1) - 1) // s + 1 for size, dil, k, s in zip(padded_size, dilation, kernel, stride)]
     if [out_h, out_w] != fits:
         raise ValueError(f"output size {(out_h, out_w)} does not fit input {(height, width)} of {layer}")
-    if channels != layer.in_channels or out_channels != layer.out_channels or d.shape[0] != batch:
-        raise ValueError(f"shapes {tuple(x.shape)} and {tuple(d.shape)} do not match {layer}")
+    _check_channels(layer, x.shape, d.shape, channel_axis=1)
     fn = getattr(native.library(), _ROWS_FUNCTIONS[x.dtype])
     shape = (channels, height, width, out_channels, out_h, out_w, *kernel, before[0], before[1],
              *padded_size, *dilation, *stride)

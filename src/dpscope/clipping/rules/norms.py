@@ -55,12 +55,7 @@ def _grouped_affine_grads(layer: nn.Module, a: torch.Tensor, d: torch.Tensor, gr
         weight, bias = native
     else:
         weight, bias = _torch_group_norm_grads(a, d, groups, eps, *wanted)
-    grads = {}
-    if weight is not None:
-        grads["weight"] = weight
-    if bias is not None:
-        grads["bias"] = bias
-    return grads
+    return {name: g for name, g in (("weight", weight), ("bias", bias)) if g is not None}
 
 
 def _torch_group_norm_grads(a: torch.Tensor, d: torch.Tensor, groups: int, eps: float,
