@@ -11,6 +11,11 @@ and frees it while the backward goes on, so peak memory stays near that of non-p
 training; `on_grad` may also drop `call.inputs` once it no longer needs A (each input is
 checked for in-place edits just before its `on_grad`). Parameter-gradient kernels and the inputs' gradient are never computed. A layer that
 the graph search finds on no such path gets its D captured directly, like a source.
+
+A layer whose rule has a `fused_forward` (GroupNorm on the CPU) runs that forward during the
+pass (its module's `forward` is swapped for the pass only); its backward computes the input
+gradient and the per-example gradients together and hands them over, so `on_grad` gets the
+call with `grads` set, after the layer's backward instead of before it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from dpscope.clipping.checks import check_losses
-from dpscope.clipping.registry import LayerSlot
+from dpscope.clipping.registry import Grads, LayerSlot
 from dpscope.errors import UnsupportedLayerError
 
 
@@ -37,6 +42,8 @@ class LayerCall:
     edge: GradientEdge
     out_shape: torch.Size
     out_like: torch.Tensor  # a 0-element tensor of the output's dtype/device
+    hand_off: HandOff | None = None  # set where the layer ran its rule's fused_forward
+    grads: Grads | None = None  # per-example grads its fused backward handed over
 
     def zeros(self) -> torch.Tensor:
         return self.out_like.new_zeros(self.out_shape)
@@ -45,8 +52,38 @@ class LayerCall:
 OnGrad = Callable[[LayerCall, torch.Tensor], None]
 
 
-def _recorder(calls: list[LayerCall], slot: int, path: str) -> Callable:
+class HandOff:
+    """Where a fused backward (`LayerRule.fused_forward`) hands over one call's per-example
+    grads: to `deliver`, once, if capture has set it (only for calls whose backward it runs)."""
+
+    def __init__(self) -> None:
+        self.deliver: Callable[[Grads, torch.Tensor], None] | None = None
+
+    def __call__(self, grads: Grads, d: torch.Tensor) -> None:
+        deliver, self.deliver = self.deliver, None
+        if deliver is not None:
+            deliver(grads, d)
+
+
+def _fused_forward(slot: LayerSlot, index: int, ran: dict[int, HandOff]) -> Callable:
+    """The module's forward for the pass: the rule's fused forward where it applies, noting
+    the call's hand-off in `ran` for the recorder, else the module's own."""
+    own = slot.module.forward
+
+    def forward(*args, **kwargs):
+        hand_off = HandOff()
+        out = slot.rule.fused_forward(slot.module, args[0], hand_off) if len(args) == 1 and not kwargs else None
+        if out is None:
+            return own(*args, **kwargs)
+        ran[index] = hand_off
+        return out
+
+    return forward
+
+
+def _recorder(calls: list[LayerCall], slot: int, path: str, fused: dict[int, HandOff]) -> Callable:
     def hook(module, args, output):
+        hand_off = fused.pop(slot, None)
         if not torch.is_grad_enabled():
             return  # a sub-forward without gradient (e.g. a constant reference) adds no term to the loss
         if not isinstance(output, torch.Tensor) or output.grad_fn is None:
@@ -56,7 +93,8 @@ def _recorder(calls: list[LayerCall], slot: int, path: str) -> Callable:
             )
         a = args[0]
         calls.append(
-            LayerCall(slot, a.detach(), not a.requires_grad, a._version, get_gradient_edge(output), output.shape, output.new_empty(0))
+            LayerCall(slot, a.detach(), not a.requires_grad, a._version, get_gradient_edge(output), output.shape,
+                      output.new_empty(0), hand_off)
         )
 
     return hook
@@ -87,14 +125,21 @@ def capture(
     Returns the (B,) losses, still attached to the graph if keep_graph, and the calls.
     """
     calls: list[LayerCall] = []
+    fused: dict[int, HandOff] = {}
     handles = [
-        slot.module.register_forward_hook(_recorder(calls, i, slot.path or "<root>")) for i, slot in enumerate(slots)
+        slot.module.register_forward_hook(_recorder(calls, i, slot.path or "<root>", fused)) for i, slot in enumerate(slots)
     ]
+    swapped = [(i, slot.module) for i, slot in enumerate(slots)
+               if slot.rule.fused_forward is not None and "forward" not in vars(slot.module)]
+    for i, module in swapped:
+        module.forward = _fused_forward(slots[i], i, fused)
     try:
         losses = loss_fn(model(inputs), targets)
     finally:
         for h in handles:
             h.remove()
+        for _, module in swapped:
+            del module.forward
     check_losses(losses, inputs.shape[0])
     if losses.grad_fn is None:
         raise UnsupportedLayerError("the losses are not attached to the graph; per-example gradients need "
@@ -114,13 +159,28 @@ def capture(
 
         return prehook
 
-    hook_handles = [c.edge.node.register_prehook(prehook_for(c)) for c in hooked]
+    def deliver_for(call: LayerCall) -> Callable:
+        def deliver(grads: Grads, d: torch.Tensor) -> None:
+            seen.add(id(call))
+            _check_unmodified(slots, call)
+            call.grads = grads
+            on_grad(call, d)
+
+        return deliver
+
+    for c in hooked:
+        if c.hand_off is not None:
+            c.hand_off.deliver = deliver_for(c)
+    hook_handles = [c.edge.node.register_prehook(prehook_for(c)) for c in hooked if c.hand_off is None]
     try:
         edges = [c.edge for c in direct]
         grads = torch.autograd.grad(losses.sum(), edges, allow_unused=True, retain_graph=keep_graph) if edges else ()
     finally:
         for h in hook_handles:
             h.remove()
+        for c in calls:
+            if c.hand_off is not None:
+                c.hand_off.deliver = None  # a later backward through the graph hands nothing over
     for c, g in zip(direct, grads):
         _check_unmodified(slots, c)
         on_grad(c, c.zeros() if g is None else g)

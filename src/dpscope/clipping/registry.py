@@ -9,7 +9,9 @@ it returns, per parameter name (as in `module.named_parameters(recurse=False)`):
 - `ghost_sq_norms`: (B,) squared norms without materialising per-example gradients;
 - `weighted_grad_sum`: sum_i w_i g_i for per-parameter weights w (B,), without materialising;
 - `costs`: rough per-example multiply-add counts of the two whole paths, (ghost norm +
-  weighted contraction, materialisation + norm + stored sum), that `auto` compares.
+  weighted contraction, materialisation + norm + stored sum), that `auto` compares;
+- `fused_forward`: a forward whose backward hands the per-example gradients over as it computes
+  the input gradient (the engine then skips the rule for that call).
 
 Rules are pure functions of (layer, A, D). The table below is the whole registry: a new layer
 family is one file in `rules/` plus one line here (or `register_rule` from user code).
@@ -51,6 +53,11 @@ class LayerRule:
     # so the K rows of one example (augmentation multiplicity) can be handed over as an extra
     # position axis: A (B*K, ...) viewed as (B, K, ...). Others get per-row gradients summed.
     rows_as_positions: bool = False
+    # The layer's forward for the engine's pass, recorded so that its backward forms the input
+    # gradient and the per-example gradients together and calls hand_over(grads, D) with them,
+    # where a separate pass would read A and D again (GroupNorm on the CPU). Returns None where
+    # it does not apply; the layer's own forward then runs and the rule is used as usual.
+    fused_forward: Callable[[nn.Module, torch.Tensor, Callable[[Grads, torch.Tensor], None]], torch.Tensor | None] | None = None
 
 
 @dataclass

@@ -7,8 +7,9 @@ gradient in registers from the input rows where they lie, channels-last: the cnn
 428 took 1.9 ms instead of 8.5 (one thread). `conv_rows.c` does the same for stride-1 layers in
 torch's NCHW layout, where torch's best was one grouped weight-gradient call with the batch as
 groups: resnet20's 16-channel layers at 28 px, batch 428, took 17.6 ms instead of 34.1.
-`group_norm_sums.c` gives a GroupNorm's per-example gradients in one pass over its input and
-output gradient.
+`group_norm.c` gives a GroupNorm's per-example gradients in one pass over its input and
+output gradient, alone or inside the layer's backward (with the input gradient, in the pass
+that torch's backward makes anyway).
 
 The library is built once per source, compiler and CPU (`-O3 -march=native`) into the cache
 (`$DPSCOPE_CACHE`, else `$XDG_CACHE_HOME/dpscope` or `~/.cache/dpscope`, under `native/`), by
@@ -35,7 +36,7 @@ import torch
 
 from dpscope.data import locate
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("conv_grads.c", "conv_rows.c", "group_norm_sums.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("conv_grads.c", "conv_rows.c", "group_norm.c"))
 FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second where -march=native is refused
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -103,6 +104,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     for name in ("dpscope_group_norm_grads_f32", "dpscope_group_norm_grads_f64"):
         fn = getattr(lib, name)
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 4 + [ctypes.c_double]
+        fn.restype = ctypes.c_int
+    for name in ("dpscope_group_norm_backward_f32", "dpscope_group_norm_backward_f64"):
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_long] * 4
         fn.restype = ctypes.c_int
     return lib
 

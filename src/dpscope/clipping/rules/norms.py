@@ -11,6 +11,10 @@ group) gets both sums without forming x_hat: on the CPU from the C kernel in `_n
 as a single example of B*C channels in B*G groups, whose "summed over the batch" weight and
 bias gradients are then per (example, channel). Recomputing x_hat, multiplying and summing took
 29 ms for a (428, 16, 28, 28) input, the fused backward 4.4 (one CPU thread).
+
+Inside the engine's pass a GroupNorm on the CPU runs `group_norm_fused_forward`, whose backward
+forms the input gradient and the per-example sums in one kernel call: 3.2 ms for that input,
+against 4.6 for torch's backward alone and 2.2 for the sums kernel after it.
 """
 
 from __future__ import annotations
@@ -78,6 +82,19 @@ def group_norm_grads(layer: nn.GroupNorm, a: torch.Tensor, d: torch.Tensor) -> G
     return _grouped_affine_grads(layer, a, d, layer.num_groups, layer.eps)
 
 
+def group_norm_fused_forward(layer: nn.GroupNorm, x: torch.Tensor, hand_over: _norm_native.HandOver) -> torch.Tensor | None:
+    """nn.GroupNorm's forward whose backward hands over the per-example gradients (see
+    `LayerRule.fused_forward`); None where the kernel does not apply: a subclass with its own
+    forward, no data, channels-last input, autocast, parameters of another dtype."""
+    params = [p for p in (layer.weight, layer.bias) if p is not None]
+    if (type(layer).forward is not nn.GroupNorm.forward or x.dim() < 2 or x.shape[1] != layer.num_channels
+            or x.numel() <= layer.num_groups  # torch's checks (one value a group) and messages
+            or not x.is_contiguous() or not _norm_native.applies(x) or torch.is_autocast_enabled("cpu")
+            or any(p.dtype != x.dtype or not p.is_contiguous() for p in params)):
+        return None
+    return _norm_native.GroupNormHandingOver.apply(x, layer.weight, layer.bias, layer.num_groups, layer.eps, hand_over)
+
+
 def instance_norm_grads(layer: nn.modules.instancenorm._InstanceNorm, a: torch.Tensor, d: torch.Tensor) -> Grads:
     spatial = tuple(range(2, a.dim()))
     if layer.training or not layer.track_running_stats:  # its own statistics: one group per channel
@@ -90,5 +107,5 @@ def instance_norm_grads(layer: nn.modules.instancenorm._InstanceNorm, a: torch.T
 
 
 LAYER_NORM = LayerRule("layer_norm", layer_norm_grads, rows_as_positions=True)
-GROUP_NORM = LayerRule("group_norm", group_norm_grads)
+GROUP_NORM = LayerRule("group_norm", group_norm_grads, fused_forward=group_norm_fused_forward)
 INSTANCE_NORM = LayerRule("instance_norm", instance_norm_grads)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import nullcontext
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -111,6 +111,14 @@ class _Pass:
     def _on_grad(self, call: LayerCall, d: torch.Tensor) -> None:
         i, slot = call.slot, self.slots[call.slot]
         a, call.inputs = call.inputs, None  # A lives on only where a contraction keeps it
+        if call.grads is not None and self.calls[i] == 1:  # formed by the layer's backward (LayerRule.fused_forward);
+            # a shared layer's calls take the rule's path below, so that their slices line up
+            self.plan(i, a, d)  # recorded as decided (materialised, stored), as layer_plans reports
+            grads = {n: call.grads[n] for n in slot.param_names}
+            if self.rows > 1:  # per row -> per example
+                grads = {n: g.reshape(-1, self.rows, *g.shape[1:]).sum(1) for n, g in grads.items()}
+            self._store(i, slot, [(slice(0, d.shape[0] // self.rows), grads)])
+            return
         if self.rows > 1 and slot.rule.rows_as_positions:
             a, d = _rows_as_positions(a, self.rows), _rows_as_positions(d, self.rows)
         plan = self.plan(i, a, d)
@@ -125,8 +133,12 @@ class _Pass:
             if self.keep_sums:
                 self.kept.setdefault(i, []).append((a, d))
             return
+        self._store(i, slot, self._slice_grads(slot, plan, a, d))
+
+    def _store(self, i: int, slot: LayerSlot, slices: Iterable[tuple[slice, Grads]]) -> None:
+        """Keep a call's per-example grads for the sum; norms once the layer's last call is in."""
         parts = self.stored.setdefault(i, [])
-        for k, (sl, grads) in enumerate(self._slice_grads(slot, plan, a, d)):
+        for k, (sl, grads) in enumerate(slices):
             if k < len(parts):  # a shared layer's later call
                 _add(parts[k][1], grads, slot.param_names)
             else:
