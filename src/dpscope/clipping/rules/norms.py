@@ -85,9 +85,10 @@ def group_norm_grads(layer: nn.GroupNorm, a: torch.Tensor, d: torch.Tensor) -> G
 def group_norm_fused_forward(layer: nn.GroupNorm, x: torch.Tensor, hand_over: _norm_native.HandOver) -> torch.Tensor | None:
     """nn.GroupNorm's forward whose backward hands over the per-example gradients (see
     `LayerRule.fused_forward`); None where the kernel does not apply: a subclass with its own
-    forward, no data, channels-last input, autocast, parameters of another dtype."""
+    forward, no gradient, no data, channels-last input, autocast, parameters of another dtype."""
     params = [p for p in (layer.weight, layer.bias) if p is not None]
-    if (type(layer).forward is not nn.GroupNorm.forward or x.dim() < 2 or x.shape[1] != layer.num_channels
+    if (type(layer).forward is not nn.GroupNorm.forward or not torch.is_grad_enabled()
+            or x.dim() < 2 or x.shape[1] != layer.num_channels
             or x.numel() <= layer.num_groups  # torch's checks (one value a group) and messages
             or not x.is_contiguous() or not _norm_native.applies(x) or torch.is_autocast_enabled("cpu")
             or any(p.dtype != x.dtype or not p.is_contiguous() for p in params)):
