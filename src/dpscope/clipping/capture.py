@@ -53,16 +53,16 @@ OnGrad = Callable[[LayerCall, torch.Tensor], None]
 
 
 class HandOff:
-    """Where a fused backward (`LayerRule.fused_forward`) hands over one call's per-example
-    grads: to `deliver`, once, if capture has set it (only for calls whose backward it runs)."""
+    """Where a fused backward (`LayerRule.fused_forward`, which hands over once) delivers one
+    call's per-example grads: to `deliver`, set by capture only for calls whose backward it runs
+    and cleared when its backward is done."""
 
     def __init__(self) -> None:
         self.deliver: Callable[[Grads, torch.Tensor], None] | None = None
 
     def __call__(self, grads: Grads, d: torch.Tensor) -> None:
-        deliver, self.deliver = self.deliver, None
-        if deliver is not None:
-            deliver(grads, d)
+        if self.deliver is not None:
+            self.deliver(grads, d)
 
 
 def _fused_forward(slot: LayerSlot, index: int, ran: dict[int, HandOff]) -> Callable:

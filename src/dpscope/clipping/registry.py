@@ -54,7 +54,7 @@ class LayerRule:
     # position axis: A (B*K, ...) viewed as (B, K, ...). Others get per-row gradients summed.
     rows_as_positions: bool = False
     # The layer's forward for the engine's pass, recorded so that its backward forms the input
-    # gradient and the per-example gradients together and calls hand_over(grads, D) with them,
+    # gradient and the per-example gradients together and calls hand_over(grads, D) once with them,
     # where a separate pass would read A and D again (GroupNorm on the CPU). Returns None where
     # it does not apply; the layer's own forward then runs and the rule is used as usual.
     fused_forward: Callable[[nn.Module, torch.Tensor, Callable[[Grads, torch.Tensor], None]], torch.Tensor | None] | None = None

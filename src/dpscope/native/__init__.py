@@ -4,7 +4,7 @@ Why: on the CPU, materialising a convolution's per-example gradients with torch 
 im2col copy (prod(kernel) times the input, written to memory and read back) and a batch of
 small matrix products that run far below the core's speed. `conv_grads.c` forms each example's
 gradient in registers from the input rows where they lie, channels-last: the cnn's stem at batch
-428 took 1.9 ms instead of 8.5 (one thread). `conv_rows.c` does the same for stride-1 layers in
+428 took 1.9 ms instead of 8.5 (one thread). `conv_rows.c` does the same for layers of any stride in
 torch's NCHW layout, where torch's best was one grouped weight-gradient call with the batch as
 groups: resnet20's 16-channel layers at 28 px, batch 428, took 17.6 ms instead of 34.1.
 `group_norm.c` gives a GroupNorm's per-example gradients in one pass over its input and

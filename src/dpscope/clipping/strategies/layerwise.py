@@ -111,12 +111,11 @@ class _Pass:
     def _on_grad(self, call: LayerCall, d: torch.Tensor) -> None:
         i, slot = call.slot, self.slots[call.slot]
         a, call.inputs = call.inputs, None  # A lives on only where a contraction keeps it
-        if call.grads is not None and self.calls[i] == 1:  # formed by the layer's backward (LayerRule.fused_forward);
-            # a shared layer's calls take the rule's path below, so that their slices line up
+        # grads formed by the layer's backward (LayerRule.fused_forward); a shared layer's calls
+        # take the rule's path below, so that their slices line up
+        if call.grads is not None and self.calls[i] == 1:
             self.plan(i, a, d)  # recorded as decided (materialised, stored), as layer_plans reports
-            grads = {n: call.grads[n] for n in slot.param_names}
-            if self.rows > 1:  # per row -> per example
-                grads = {n: g.reshape(-1, self.rows, *g.shape[1:]).sum(1) for n, g in grads.items()}
+            grads = _per_example({n: call.grads[n] for n in slot.param_names}, self.rows)
             self._store(i, slot, [(slice(0, d.shape[0] // self.rows), grads)])
             return
         if self.rows > 1 and slot.rule.rows_as_positions:
@@ -162,10 +161,12 @@ class _Pass:
                         and rule.scratch_free(slot.module, a, d))
         for sl in _slices(a.shape[0] // rows, slice_bytes(a.device, scratch_free) // max(1, per_example)):
             grads = fn(slot.module, a[sl.start * rows : sl.stop * rows], d[sl.start * rows : sl.stop * rows])
-            grads = {n: grads[n] for n in slot.param_names}  # rules may also return frozen ones
-            if rows > 1:  # per-row (b*K, ...) -> per example
-                grads = {n: g.reshape(-1, rows, *g.shape[1:]).sum(1) for n, g in grads.items()}
-            yield sl, grads
+            yield sl, _per_example({n: grads[n] for n in slot.param_names}, rows)  # rules may also return frozen ones
+
+
+def _per_example(grads: Grads, rows: int) -> Grads:
+    """Per-row gradients (b*K, ...) summed over each example's K rows."""
+    return grads if rows == 1 else {n: g.reshape(-1, rows, *g.shape[1:]).sum(1) for n, g in grads.items()}
 
 
 def _slices(examples: int, per_slice: int) -> list[slice]:
